@@ -1,0 +1,262 @@
+"""The JSON config: read it, apply `--set` overrides, fill defaults, and validate every key.
+
+Validation happens here, before any data is loaded or downloaded, and every problem is a
+ConfigError whose message names the key, what was expected and what came:
+    lr: expected a number in (0, inf), got -1
+    lrr: unknown key; did you mean 'lr'?
+    network[2].class: unknown 'Lineer'; did you mean 'Linear'? (choices: ...)
+The result is a plain dict with every key of DEFAULTS; `network` becomes a list of layer specs
+and `network_names` their names. Layer argument values are checked by the layer constructors
+(see model.build_model), which the engine calls before loading data.
+"""
+import copy
+import difflib
+import inspect
+import json
+import math
+import numbers
+import os
+
+from datasets import DATASETS
+from errors import ConfigError
+from nn_module import LAYERS, LOSSES
+from optim import OPTIMIZERS, SCHEDULES
+
+TASKS = ("train", "test")
+
+DEFAULTS = {
+    "task": "train",            # what to run: train | test
+    "dataset": "mnist",
+    "data_dir": "data",         # where downloaded data is cached
+    "model_file": None,         # None: models/<config file name>.pkl
+    "log_file": None,           # None: log to the terminal only
+    "log_level": 1,             # 0 warnings, 1 a line per epoch, 2 progress, 3 debug
+    "seed": 0,
+    "dtype": "float32",
+    "batch_size": 100,
+    "num_epochs": 30,
+    "lr": 0.1,
+    "optimizer": {"name": "sgd"},
+    "schedule": "step",
+    "decay_rate": 1.0,
+    "start_epoch_decay": 1,
+    "warmup_epochs": 0,
+    "valid_size": 5000,
+    "valid_epoch": 1,
+    "patience": 0,              # validations without improvement before stopping; 0: never
+    "loss": "SoftmaxCrossEntropyLoss",
+    "network": None,            # required
+}
+
+
+def _closest(word, choices):
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _describe(value):
+    return json.dumps(value) if isinstance(value, (bool, type(None))) else repr(value)
+
+
+def _integer(low, high=math.inf):
+    def check(key, value):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            bound = f"in [{low}, {high}]" if high != math.inf else f">= {low}"
+            raise ConfigError(f"{key}: expected an integer {bound}, got {_describe(value)}")
+        return value
+    return check
+
+
+def _number(low, high, low_open=False):
+    def check(key, value):
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not (low < value if low_open else low <= value) or value > high:
+            interval = f"{'(' if low_open else '['}{low}, {high}]"
+            raise ConfigError(f"{key}: expected a number in {interval}, got {_describe(value)}")
+        return float(value)
+    return check
+
+
+def _choice(choices):
+    def check(key, value):
+        if value not in choices:
+            raise ConfigError(f"{key}: unknown {_describe(value)}{_closest(value, choices)} "
+                              f"(choices: {', '.join(choices)})")
+        return value
+    return check
+
+
+def _string(optional=False):
+    def check(key, value):
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a non-empty string{' or null' if optional else ''}, "
+                              f"got {_describe(value)}")
+        return value
+    return check
+
+
+CHECKS = {
+    "task": _choice(TASKS),
+    "dataset": _choice(sorted(DATASETS)),
+    "data_dir": _string(),
+    "model_file": _string(optional=True),
+    "log_file": _string(optional=True),
+    "log_level": _integer(0, 3),
+    "seed": _integer(0),
+    "dtype": _choice(("float32", "float64")),
+    "batch_size": _integer(1),
+    "num_epochs": _integer(1),
+    "lr": _number(0, math.inf, low_open=True),
+    "schedule": _choice(SCHEDULES),
+    "decay_rate": _number(0, 1, low_open=True),
+    "start_epoch_decay": _integer(1),
+    "warmup_epochs": _integer(0),
+    "valid_size": _integer(0),
+    "valid_epoch": _integer(1),
+    "patience": _integer(0),
+    "loss": _choice(sorted(LOSSES)),
+}
+
+
+def read_json(path):
+    """The JSON object in `path`; ConfigError for a missing, empty, invalid or non-object file."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config {path}: is a folder, expected a JSON file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config {path}: cannot read it: {getattr(err, 'strerror', None) or err}") from None
+    if not text.strip():
+        raise ConfigError(f"config {path}: the file is empty, expected a JSON object")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config {path}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: expected a JSON object at the top, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw, assignment):
+    """Applies one `--set KEY=VALUE` to `raw`. VALUE is JSON if it parses, else a string;
+    dotted keys reach into objects (optimizer.momentum) and lists (network.0.n_out)."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE (for example --set lr=0.05)")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    *parents, last = key.split(".")
+    node = raw
+    for depth, part in enumerate(parents):
+        node = _child(node, part, ".".join(parents[:depth + 1]), assignment, top=depth == 0)
+    if isinstance(node, list):
+        node[_index(node, last, key, assignment)] = value
+    else:
+        node[last] = value
+
+
+def _child(node, part, where, assignment, top):
+    """The object or list under `part` of `node`, created as the default (or {}) if missing."""
+    if isinstance(node, list):
+        child = node[_index(node, part, where, assignment)]
+    else:
+        if part not in node:
+            default = DEFAULTS.get(part) if top else None
+            node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
+        child = node[part]
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"--set {assignment}: {where} is {_describe(child)}, not an object or list")
+    return child
+
+
+def _index(node, part, where, assignment):
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"--set {assignment}: {where}: expected a list index below {len(node)}")
+    return int(part)
+
+
+def check_layers(network):
+    """(layer specs as a list, their names) from the list or named-object form of `network`."""
+    if isinstance(network, dict):
+        names, specs = [f"network.{name}" for name in network], list(network.values())
+    elif isinstance(network, list):
+        names, specs = [f"network[{i}]" for i in range(len(network))], network
+    else:
+        raise ConfigError(f"network: expected a list of layers or an object of named layers, "
+                          f"got {_describe(network)}")
+    if not specs:
+        raise ConfigError("network: expected at least one layer, got none")
+    for name, spec in zip(names, specs):
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{name}: expected an object with a \"class\", got {_describe(spec)}")
+        if "class" not in spec:
+            raise ConfigError(f"{name}: missing \"class\" (choices: {', '.join(sorted(LAYERS))})")
+        cls = LAYERS.get(spec["class"])
+        if cls is None:
+            raise ConfigError(f"{name}.class: unknown {_describe(spec['class'])}"
+                              f"{_closest(spec['class'], LAYERS)} (choices: {', '.join(sorted(LAYERS))})")
+        check_arguments(name, cls, {k: v for k, v in spec.items() if k != "class"}, ("dtype", "rng"))
+    return [dict(spec) for spec in specs], names
+
+
+def check_arguments(name, cls, arguments, hidden):
+    """Argument names against `cls`'s signature: unknown ones and missing required ones."""
+    signature = inspect.signature(cls)
+    known = [p for p in signature.parameters if p not in hidden]
+    for key in arguments:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown argument of {cls.__name__}{_closest(key, known)} "
+                              f"(arguments: {', '.join(known) or 'none'})")
+    for p in signature.parameters.values():
+        if p.default is inspect.Parameter.empty and p.name not in arguments and p.name not in hidden:
+            raise ConfigError(f"{name}.{p.name}: missing (required by {cls.__name__})")
+
+
+def check_optimizer(optimizer, lr):
+    if not isinstance(optimizer, dict):
+        raise ConfigError(f"optimizer: expected an object like {{\"name\": \"sgd\"}}, got {_describe(optimizer)}")
+    optimizer = {"name": "sgd", **optimizer}
+    name = _choice(sorted(OPTIMIZERS))("optimizer.name", optimizer["name"])
+    arguments = {k: v for k, v in optimizer.items() if k != "name"}
+    if "lr" in arguments:
+        raise ConfigError("optimizer.lr: set the learning rate with the top-level key 'lr'")
+    check_arguments("optimizer", OPTIMIZERS[name], arguments, ("lr",))
+    try:
+        OPTIMIZERS[name](lr=lr, **arguments)
+    except ValueError as err:
+        raise ConfigError(f"optimizer.{err}") from None
+    return optimizer
+
+
+def validate(raw, path="config.json"):
+    """A complete, checked config from the raw JSON object (see the module docstring)."""
+    for key in raw:
+        if key not in DEFAULTS:
+            raise ConfigError(f"{key}: unknown key{_closest(key, DEFAULTS)}")
+    config = {**copy.deepcopy(DEFAULTS), **raw}
+    for key, check in CHECKS.items():
+        config[key] = check(key, config[key])
+    if config["network"] is None:
+        raise ConfigError("network: missing (a list of layers, e.g. [{\"class\": \"Linear\", \"n_in\": 784, "
+                          "\"n_out\": 10}])")
+    config["network"], config["network_names"] = check_layers(config["network"])
+    config["optimizer"] = check_optimizer(config["optimizer"], config["lr"])
+    if config["model_file"] is None:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        config["model_file"] = os.path.join("models", stem + ".pkl")
+    return config
+
+
+def load_config(path, overrides=(), task=None):
+    """Reads, overrides (`--set` strings, then `--task`), fills and validates a config file."""
+    raw = read_json(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    if task is not None:
+        raw["task"] = task
+    return validate(raw, path)

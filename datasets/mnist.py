@@ -1,0 +1,311 @@
+"""MNIST: download the four IDX files from mirrors, verify and cache them, parse them into arrays.
+
+What this file is: `load_mnist(data_dir)` returns the 60,000 training and 10,000 test digits as
+numpy arrays. The first call downloads `<name>.gz` for each of FILES into `data_dir`; later
+calls use those files without touching the network. `read_idx` parses one gzip-compressed IDX
+file (format: http://yann.lecun.com/exdb/mnist/, bottom of the page).
+
+What it is not: no batching, shuffling, augmentation or validation split (the caller does
+those), and no printing. Messages go to the optional `log` object: `info`, `warning`, `debug`
+and, if it has one, `progress(done_bytes, total_bytes_or_None, label)`.
+
+Conventions a reader might misread:
+- SHA256 holds digests of the *decompressed* files. Mirrors wrap the same content in
+  different gzip streams, so digests of the .gz files would differ between mirrors.
+- After a file is verified, `<name>.gz.sha256` records "digest size mtime_ns". While the .gz
+  keeps that size and mtime it is not hashed again, which keeps a cached load under a second.
+- A download goes to a temporary file beside the target and is renamed into place only after
+  its content digest matches, so a cached file is either complete or absent.
+"""
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from errors import DataError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+SHA256 = {  # of the decompressed content, see the module docstring
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+}
+# Base URLs, tried in order; each serves `<name>.gz`. LeCun's own site is last: it often answers 403.
+MIRRORS = [
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+CLASS_NAMES = [str(digit) for digit in range(10)]
+
+TIMEOUT_S = 30           # per blocking network operation (connect, each read), not per file
+CHUNK_BYTES = 1 << 20
+PROGRESS_EVERY_S = 0.25  # at most four progress calls a second
+
+# What a bad gzip raises: BadGzipFile (an OSError), EOFError when truncated, zlib.error when corrupt.
+_GZIP_ERRORS = (OSError, EOFError, zlib.error)
+# What one failing mirror can raise, beyond those: URLError, HTTPError and timeouts are OSErrors,
+# IncompleteRead is an HTTPException, a malformed URL is a ValueError, a wrong digest a DataError.
+_MIRROR_ERRORS = _GZIP_ERRORS + (http.client.HTTPException, ValueError)
+
+
+class _SilentLog:
+    """Stands in when load_mnist gets no log."""
+    def info(self, msg): pass
+    def warning(self, msg): pass
+    def debug(self, msg): pass
+
+
+def mirror_list():
+    """Base URLs in the order they are tried: $NNFS_MIRROR first when set, then MIRRORS."""
+    own = os.environ.get("NNFS_MIRROR", "").strip()
+    return ([_base_url(own)] if own else []) + list(MIRRORS)
+
+
+def _base_url(mirror):
+    """An http(s):// or file:// URL, or a plain folder path, as a base URL ending in "/"."""
+    if not mirror.lower().startswith(("http://", "https://", "file://")):
+        mirror = Path(mirror).expanduser().resolve().as_uri()
+    return mirror if mirror.endswith("/") else mirror + "/"
+
+
+def load_mnist(data_dir, mirrors=None, log=None):
+    """Return MNIST as arrays, downloading any file missing from `data_dir` first.
+
+    Args:
+        data_dir: folder holding the cached `<name>.gz` files; created (with parents) if missing.
+        mirrors: base URLs (or folders) tried in order for each missing file; None: mirror_list().
+        log: None, or an object with info/warning/debug(msg) and optionally progress(...).
+
+    Returns:
+        dict with "x_train" (60000, 784) float32 in [0, 1], "y_train" (60000,) int64,
+        "x_test" (10000, 784) float32, "y_test" (10000,) int64 and "class_names" (CLASS_NAMES).
+        Each row of x is one 28x28 image flattened row by row (pixel (r, c) at r * 28 + c).
+    """
+    log = _SilentLog() if log is None else log
+    data_dir = _prepare_dir(data_dir)
+    mirrors = [_base_url(m) for m in (mirror_list() if mirrors is None else mirrors)]
+    paths = {key: _fetch(name, data_dir, mirrors, log) for key, name in FILES.items()}
+    x_train, y_train = _images_and_labels(paths["train_images"], paths["train_labels"])
+    x_test, y_test = _images_and_labels(paths["test_images"], paths["test_labels"])
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
+            "class_names": list(CLASS_NAMES)}
+
+
+def _prepare_dir(data_dir):
+    """data_dir as a Path to an existing folder (created if missing)."""
+    path = Path(data_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{path}: data_dir exists but is not a folder; "
+                        f"point data_dir at a folder or move the file away")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot create the data folder ({_reason(exc)}); "
+                        f"create it by hand or choose another data_dir") from exc
+    return path
+
+
+def _fetch(name, data_dir, mirrors, log):
+    """Path of a verified `<name>.gz` in data_dir: the cached one, or one fetched from a mirror."""
+    path = data_dir / f"{name}.gz"
+    if path.exists() and _cached_file_ok(path, name, log):
+        return path
+    tmp, failures = _open_temp(path), []
+    try:
+        for base in mirrors:
+            try:
+                _download_into(tmp, base, name, log)
+            except _MIRROR_ERRORS as exc:
+                log.warning(f"mirror {base} failed for {path.name}: {_reason(exc)}")
+                failures.append(f"{base}: {_reason(exc)}")
+                continue
+            os.chmod(tmp.name, 0o644)  # temp files are created private (0o600); this is public data
+            os.replace(tmp.name, path)
+            _write_marker(path, name, log)
+            log.info(f"{path.name} verified")
+            return path
+    finally:
+        tmp.close()
+        if os.path.exists(tmp.name):  # every mirror failed: leave no partial download behind
+            os.unlink(tmp.name)
+    raise DataError(f"could not get {path.name} from any mirror ({'; '.join(failures) or 'none given'}); "
+                    f"download the four MNIST .gz files by hand into {data_dir} "
+                    f"or set NNFS_MIRROR to a folder or URL that has them")
+
+
+def _open_temp(path):
+    """A new, open temporary file beside `path` (same folder, so os.replace is atomic)."""
+    try:
+        return tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".",
+                                           suffix=".part", delete=False)
+    except OSError as exc:
+        raise DataError(f"{path.parent}: cannot write a download there ({_reason(exc)}); "
+                        f"make the folder writable or choose another data_dir") from exc
+
+
+def _download_into(out, base, name, log):
+    """Replace the content of the open file `out` with `<base><name>.gz`; check its digest."""
+    filename = f"{name}.gz"
+    log.info(f"downloading {filename} from {base}")
+    out.seek(0)
+    out.truncate()  # `out` may hold what a previous, failed mirror sent
+    with urllib.request.urlopen(base + filename, timeout=TIMEOUT_S) as response:
+        _copy_with_progress(response, out, filename, log)
+    out.flush()
+    os.fsync(out.fileno())
+    digest = _sha256_of_gz(out.name)
+    if digest != SHA256[name]:
+        raise DataError(f"wrong content (SHA-256 {digest[:12]}..., expected {SHA256[name][:12]}...)")
+
+
+def _copy_with_progress(response, out, label, log):
+    """Copy `response` to `out` in chunks, calling log.progress (if any) a few times a second."""
+    progress = getattr(log, "progress", None)
+    length = response.headers.get("Content-Length", "")
+    total = int(length) if length.isdigit() else None
+    done, reported, last_report = 0, -1, 0.0
+    while chunk := response.read(CHUNK_BYTES):
+        out.write(chunk)
+        done += len(chunk)
+        if progress and time.monotonic() - last_report >= PROGRESS_EVERY_S:
+            progress(done, total, label)
+            reported, last_report = done, time.monotonic()
+    if progress and reported != done:  # the final count, unless it was just reported
+        progress(done, total, label)
+    if total is not None and done != total:
+        raise DataError(f"got {done} bytes of {total} (connection cut short)")
+
+
+def _cached_file_ok(path, name, log):
+    """True if the cached .gz has the right content; a wrong one is deleted, with a warning."""
+    if _marker_matches(path, name):
+        log.debug(f"{path.name} verified earlier (marker matches its size and mtime)")
+        return True
+    try:
+        ok = _sha256_of_gz(path) == SHA256[name]
+    except _GZIP_ERRORS:
+        ok = False
+    if ok:
+        _write_marker(path, name, log)
+        log.debug(f"{path.name} verified")
+        return True
+    log.warning(f"{path}: cached file is corrupt (its content does not match the SHA-256); "
+                f"deleting it and downloading it again")
+    try:
+        path.unlink()
+        _marker_path(path).unlink(missing_ok=True)
+    except OSError as exc:
+        raise DataError(f"{path}: corrupt and cannot be deleted ({_reason(exc)}); "
+                        f"delete it by hand") from exc
+    return False
+
+
+def _marker_path(path):
+    return path.with_name(path.name + ".sha256")
+
+
+def _marker_text(path, name):
+    """What the marker of a verified `path` holds: the digest, then the .gz's size and mtime."""
+    stat = path.stat()
+    return f"{SHA256[name]} {stat.st_size} {stat.st_mtime_ns}\n"
+
+
+def _marker_matches(path, name):
+    try:
+        return _marker_path(path).read_text() == _marker_text(path, name)
+    except OSError:  # no marker yet, or unreadable: fall back to hashing
+        return False
+
+
+def _write_marker(path, name, log):
+    try:
+        _marker_path(path).write_text(_marker_text(path, name))
+    except OSError as exc:  # a read-only cache still works; it is hashed on every load
+        log.debug(f"{path.name}: could not write the verification marker ({_reason(exc)})")
+
+
+def _sha256_of_gz(path):
+    """SHA-256 hex digest of a gzip file's decompressed content; raises _GZIP_ERRORS if bad."""
+    digest = hashlib.sha256()
+    with gzip.open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _reason(exc):
+    """A short, one-line reason for a failure, for messages."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def read_idx(path_gz):
+    """Parse a gzip-compressed IDX file of unsigned bytes into a uint8 array of its shape.
+
+    IDX layout, big-endian: magic bytes 0x00 0x00 0x08 (unsigned byte) and ndim, then ndim
+    uint32 sizes, then prod(sizes) bytes in row-major order. MNIST images have magic
+    0x00000803 and shape (N, 28, 28); labels 0x00000801 and shape (N,).
+    The result is a read-only view of the decompressed bytes (copy it to modify it).
+    """
+    path = Path(path_gz)
+    data = _gunzip(path)
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] == 0:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (magic {data[:4].hex() or 'missing'}, "
+                        f"expected 0000080N); replace it with the original file")
+    ndim, start = data[3], 4 + 4 * data[3]
+    if len(data) < start:
+        raise DataError(f"{path}: IDX header truncated (file has {len(data)} bytes, header needs {start}); "
+                        f"replace it with the original file")
+    shape = tuple(int(n) for n in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    expected, actual = math.prod(shape), len(data) - start
+    if actual != expected:
+        problem = "truncated" if actual < expected else "has trailing bytes"
+        raise DataError(f"{path}: {problem}: shape {shape} needs {expected} data bytes, found {actual}; "
+                        f"replace it with the original file")
+    return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
+
+
+def _gunzip(path):
+    """The decompressed bytes of a gzip file, or a DataError naming it."""
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except _GZIP_ERRORS as exc:
+        raise DataError(f"{path}: cannot read it as a gzip file ({_reason(exc)}); "
+                        f"replace it with the original .gz file") from exc
+
+
+def _images_and_labels(images_path, labels_path):
+    """One split as (x (N, 784) float32 in [0, 1], y (N,) int64), after checking shapes and labels."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{images_path}: expected images of shape (N, 28, 28), got {images.shape}; "
+                        f"delete it and load again")
+    if labels.shape != (len(images),):
+        raise DataError(f"{labels_path}: expected shape ({len(images)},) to match {images_path.name}, "
+                        f"got {labels.shape}; delete both files and load again")
+    if labels.max(initial=0) > 9:
+        raise DataError(f"{labels_path}: labels must be digits 0..9, found {labels.max()}; "
+                        f"delete it and load again")
+    x = images.reshape(len(images), 28 * 28).astype(np.float32)  # (N, 784), a new writable array
+    x /= 255  # pixels 0..255 -> [0, 1]
+    return x, labels.astype(np.int64)

@@ -1,0 +1,189 @@
+"""Runs a task from a validated config: builds the model, loads the data, trains or tests.
+
+The engine is the only place that brings the parts together: config -> model (model.py),
+optimizer and schedule (optim.py), data (datasets/), files (utils.py), messages (log.py).
+Everything that can be checked without data (the network chains, fits the dataset's input
+and classes, the model file can be written) is checked before any data is loaded.
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from datasets import DATASETS, SHAPES
+from errors import ConfigError, DataError
+from model import Model, build_model
+from nn_module import LOSSES, CrossEntropyLoss, Softmax, SoftmaxCrossEntropyLoss
+from optim import OPTIMIZERS, learning_rate
+from utils import atomic_write, load_model, save_model
+
+EVAL_BATCH = 1000
+
+
+class DivergenceError(ConfigError):
+    """Training produced a non-finite loss: the run stops and the best saved model stays."""
+
+
+class Engine:
+    def __init__(self, config, log):
+        self.config, self.log = config, log
+        self.dtype = np.dtype(config["dtype"])
+        self.rng = np.random.default_rng(config["seed"])
+
+    def run(self):
+        tasks = {"train": self.train, "test": self.test}
+        return tasks[self.config["task"]]()
+
+    # ---- building and checking, before any data --------------------------------------------
+
+    def check_fits(self, model):
+        """The network takes the dataset's examples and gives one output per class."""
+        input_shape, num_classes = SHAPES[self.config["dataset"]]
+        output = model.output_shapes(input_shape)[-1]
+        if output != (num_classes,):
+            raise ConfigError(f"network: the last layer gives {output} per example, but "
+                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)")
+
+    def objective(self, model):
+        """(network to run, loss on its output). A final Softmax with CrossEntropyLoss becomes the
+        network without it and SoftmaxCrossEntropyLoss: the same loss and gradient, in log space."""
+        loss_class = LOSSES[self.config["loss"]]
+        if isinstance(model.layers[-1], Softmax) and loss_class is CrossEntropyLoss:
+            return Model(model.layers[:-1], model.names[:-1]), SoftmaxCrossEntropyLoss(self.dtype)
+        return model, loss_class(self.dtype)
+
+    def check_writable(self, path):
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"model_file: cannot create folder {folder}: {err.strerror}") from None
+        if os.path.isdir(path) or not os.access(folder, os.W_OK):
+            raise ConfigError(f"model_file: cannot write {path} (not a writable file path)")
+
+    # ---- data --------------------------------------------------------------------------------
+
+    def load_data(self):
+        data = DATASETS[self.config["dataset"]](self.config["data_dir"], log=self.log)
+        for key in ("x_train", "x_test"):
+            data[key] = data[key].astype(self.dtype, copy=False)
+        return data
+
+    def split(self, data):
+        """(train x, y, validation x, y): the last `valid_size` training examples validate."""
+        n, valid = len(data["x_train"]), self.config["valid_size"]
+        if valid >= n:
+            raise DataError(f"valid_size: expected fewer than the {n} training examples, got {valid}")
+        cut = n - valid
+        return data["x_train"][:cut], data["y_train"][:cut], data["x_train"][cut:], data["y_train"][cut:]
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def train(self):
+        c = self.config
+        model = build_model(c["network"], self.dtype, self.rng, c["network_names"])
+        self.check_fits(model)
+        self.check_writable(c["model_file"])
+        optimizer_args = {k: v for k, v in c["optimizer"].items() if k != "name"}
+        optimizer = OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **optimizer_args)
+        self.log.debug(repr(model))
+        x_train, y_train, x_valid, y_valid = self.split(self.load_data())
+        net, loss = self.objective(model)
+        self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}; "
+                      f"{sum(p.size for p in model.params.values()):,} parameters")
+        best_accuracy, stale, history = -1.0, 0, []
+        for epoch in range(1, c["num_epochs"] + 1):
+            optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
+                                         c["start_epoch_decay"], c["warmup_epochs"])
+            start = time.perf_counter()
+            train_loss, train_accuracy = self.train_epoch(net, loss, optimizer, x_train, y_train, epoch)
+            record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                      "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
+            if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
+                record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(net, loss, x_valid, y_valid)
+                if record["valid_accuracy"] > best_accuracy:
+                    best_accuracy, stale = record["valid_accuracy"], 0
+                    save_model(c["model_file"], model, c, {"epoch": epoch})
+                else:
+                    stale += 1
+            record["seconds"] = time.perf_counter() - start
+            history.append(record)
+            self.log.info(epoch_line(record, c["num_epochs"]))
+            self.save_history(history)
+            if c["patience"] and stale >= c["patience"]:
+                self.log.info(f"early stop: no better validation accuracy in {stale} validations")
+                break
+        if not len(x_valid):
+            save_model(c["model_file"], model, c, {"epoch": epoch})
+        best = f" (best validation accuracy {100 * best_accuracy:.2f}%)" if len(x_valid) else ""
+        self.log.info(f"saved model to {c['model_file']}{best}")
+        return history
+
+    def train_epoch(self, net, loss, optimizer, x, y, epoch):
+        """One pass over (x, y) in seeded random order; returns mean loss and accuracy."""
+        net.train()
+        order = self.rng.permutation(len(x))
+        batch_size, total_loss, correct, start = self.config["batch_size"], 0.0, 0, time.perf_counter()
+        batches = math.ceil(len(x) / batch_size)
+        for b in range(batches):
+            index = order[b * batch_size:(b + 1) * batch_size]
+            xb, yb = x[index], y[index]
+            out = net.forward(xb)
+            value = loss.forward(out, yb)
+            if not math.isfinite(value):
+                raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
+                                      f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
+                                      f"in {self.config['model_file']}")
+            net.backward(loss.backward())
+            optimizer.step(net.params, net.grads)
+            total_loss += value * len(index)
+            correct += int((out.argmax(axis=1) == yb).sum())
+            seen = b * batch_size + len(index)
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            self.log.progress(b + 1, batches, f"loss {total_loss / seen:.4f} acc {correct / seen:.4f} "
+                                               f"{rate:.0f} ex/s eta {(len(x) - seen) / rate:.0f}s")
+        return total_loss / len(x), correct / len(x)
+
+    def evaluate(self, net, loss, x, y):
+        """(mean loss, accuracy, predicted classes) of `net` in eval mode."""
+        net.eval()
+        total, predictions = 0.0, np.empty(len(x), dtype=np.int64)
+        for start in range(0, len(x), EVAL_BATCH):
+            out = net.forward(x[start:start + EVAL_BATCH])
+            total += loss.forward(out, y[start:start + EVAL_BATCH]) * len(out)
+            predictions[start:start + EVAL_BATCH] = out.argmax(axis=1)
+        net.train()
+        return total / len(x), float((predictions == y).mean()), predictions
+
+    def save_history(self, history):
+        path = os.path.splitext(self.config["model_file"])[0] + ".history.json"
+        with atomic_write(path, "w") as f:
+            json.dump(history, f, indent=1)
+
+    # ---- testing -----------------------------------------------------------------------------
+
+    def test(self):
+        """Evaluates the saved model on the test set and prints the seed's three lines."""
+        model, saved = load_model(self.config["model_file"])
+        if saved.get("dataset") != self.config["dataset"]:
+            self.log.warning(f"the model was trained on {saved.get('dataset')}, testing on {self.config['dataset']}")
+        self.check_fits(model)
+        data = self.load_data()
+        net, loss = self.objective(model)
+        _, accuracy, predictions = self.evaluate(net, loss, data["x_test"], data["y_test"])
+        errors, n = int((predictions != data["y_test"]).sum()), len(predictions)
+        self.log.result(f"Number of errors: {errors}/{n}")
+        self.log.result(f"Error Rate: {100 * errors / n:.2f}%")
+        self.log.result(f"Test accuracy: {100 * (n - errors) / n:.2f}%")
+        return accuracy
+
+
+def epoch_line(record, num_epochs):
+    """Epoch 3/30  train loss 0.1234 acc 96.50%  valid loss 0.1111 acc 96.80%  lr 0.1  2.1s"""
+    line = (f"epoch {record['epoch']}/{num_epochs}  train loss {record['train_loss']:.4f} "
+            f"acc {100 * record['train_accuracy']:.2f}%")
+    if record["valid_loss"] is not None:
+        line += f"  valid loss {record['valid_loss']:.4f} acc {100 * record['valid_accuracy']:.2f}%"
+    return line + f"  lr {record['lr']:.4g}  {record['seconds']:.1f}s"

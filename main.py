@@ -1,0 +1,58 @@
+"""Command line: python3 main.py CONFIG.json [--task T] [--set KEY=VALUE ...] [-v | -q].
+
+Parses the options, loads the config and hands it to the engine; no training logic lives here.
+Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 1 for a bug.
+"""
+import argparse
+import sys
+
+from config import TASKS, load_config
+from engine import Engine
+from errors import ConfigError
+from log import Logger
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                  # one line, like every other user error
+        raise ConfigError(message)
+
+
+def parse_args(argv):
+    parser = _Parser(prog="main.py", description="Train and test neural networks written from scratch "
+                                                 "in numpy, from a JSON config.")
+    parser.add_argument("config", help="the JSON config file (see README.md for every key)")
+    parser.add_argument("--task", choices=TASKS, default=None,
+                        help="the task to run (default: the config's \"task\", itself 'train' by default)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key; VALUE is JSON or else a string; dotted keys reach "
+                             "nested objects, e.g. optimizer.momentum=0.8 (repeatable; default: none)")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="count", default=0,
+                           help="raise log_level by one per -v (default: the config's log_level, 1)")
+    verbosity.add_argument("-q", "--quiet", action="count", default=0,
+                           help="lower log_level by one per -q (default: the config's log_level, 1)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    log = None
+    try:
+        args = parse_args(argv)
+        config = load_config(args.config, args.overrides, args.task)
+        config["log_level"] = min(3, max(0, config["log_level"] + args.verbose - args.quiet))
+        try:
+            log = Logger(config["log_level"], config["log_file"])
+        except OSError as err:
+            raise ConfigError(f"log_file: cannot open {config['log_file']}: {err.strerror}") from None
+        Engine(config, log).run()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if log:
+            log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

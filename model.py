@@ -1,0 +1,110 @@
+"""A network: an ordered stack of layers that is itself an `NNModule`.
+
+`Model` runs its layers forward and backward, exposes their arrays under dotted names
+("0.weight") as the very same objects (so an optimizer's in-place update reaches the layer),
+checks at build time that the layers chain, and prints a summary. It knows nothing of
+configs, files or data.
+"""
+import inspect
+
+import numpy as np
+
+from errors import ConfigError
+from nn_module import NNModule, get_module
+
+
+class Model(NNModule):
+    """y = layers[-1](... layers[0](x)).
+
+    Args:
+        layers: the layer objects, in order.
+        names: optional names for error messages (the config's layer names or "network[i]").
+    """
+
+    def __init__(self, layers, names=None):
+        super().__init__(layers[0].dtype if layers else np.float32)
+        self.layers = list(layers)
+        self.names = list(names) if names is not None else [f"network[{i}]" for i in range(len(layers))]
+        for i, layer in enumerate(self.layers):
+            for table, own in ((self.params, layer.params), (self.grads, layer.grads), (self.state, layer.state)):
+                table.update({f"{i}.{k}": v for k, v in own.items()})
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_y):
+        for layer in reversed(self.layers):
+            grad_y = layer.backward(grad_y)
+        return grad_y
+
+    def train(self, mode=True):
+        super().train(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def __repr__(self):
+        lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
+        return "Model(\n" + "\n".join(lines) + "\n)"
+
+    def output_shapes(self, input_shape):
+        """The per-example output shape of every layer, from one zero sample in eval mode.
+
+        Raises ConfigError naming the first layer that does not accept what arrives.
+        """
+        was_training = self.training
+        self.eval()
+        x, shapes = np.zeros((1, *input_shape), self.dtype), []
+        try:
+            for i, (layer, name) in enumerate(zip(self.layers, self.names)):
+                try:
+                    x = layer.forward(x)
+                except ValueError as err:
+                    arriving = f"layer {i - 1} ({self.names[i - 1]}) gives" if i else "the data gives"
+                    raise ConfigError(f"{name} ({type(layer).__name__}) does not fit: {err}; "
+                                      f"{arriving} {tuple(x.shape[1:])} per example") from None
+                shapes.append(tuple(x.shape[1:]))
+        finally:
+            self.train(was_training)
+        return shapes
+
+    def summary(self, input_shape):
+        """A "Layer (type) | Output Shape | Param #" table with the total parameter count."""
+        shapes = self.output_shapes(input_shape)
+        rows = [(f"({i}) {layer!r}", str(shape), f"{sum(p.size for p in layer.params.values()):,}")
+                for i, (layer, shape) in enumerate(zip(self.layers, shapes))]
+        header = ("Layer (type)", "Output Shape", "Param #")
+        widths = [max(len(r[c]) for r in rows + [header]) for c in range(3)]
+        line = lambda r: " | ".join(f"{v:<{w}}" for v, w in zip(r, widths))
+        rule = "-" * len(line(header))
+        total = sum(p.size for p in self.params.values())
+        return "\n".join([line(header), rule, *map(line, rows), rule, f"Total params: {total:,}"])
+
+
+def build_model(network, dtype=np.float32, rng=None, names=None):
+    """A Model from layer specs: a list of {"class": name, **arguments} (from the config).
+
+    Each layer is `cls(**arguments)`, plus `dtype` and, for layers with parameters, `rng`.
+    A bad class or argument raises ConfigError naming the layer: "network[2].p: expected ...".
+    """
+    names = list(names) if names is not None else [f"network[{i}]" for i in range(len(network))]
+    layers = []
+    for spec, name in zip(network, names):
+        arguments = {k: v for k, v in spec.items() if k != "class"}
+        try:
+            cls = get_module(spec.get("class"))
+        except ValueError as err:
+            raise ConfigError(f"{name}.class: {err}") from None
+        if "rng" in inspect.signature(cls).parameters:
+            arguments["rng"] = rng
+        try:
+            layers.append(cls(**arguments, dtype=dtype))
+        except ValueError as err:              # constructors say "<argument>: expected ..., got ..."
+            raise ConfigError(f"{name}.{err}") from None
+        except TypeError as err:               # a missing or unknown argument
+            raise ConfigError(f"{name}: {err}") from None
+    if not layers:
+        raise ConfigError("network: expected at least one layer, got none")
+    return Model(layers, names)

@@ -1,0 +1,130 @@
+"""Optimizers and learning-rate schedules.
+
+An optimizer updates parameters in place from their gradients, both given as dicts keyed by
+the same dotted names (`Model.params`, `Model.grads`), and keeps its own state per name. It
+never sees a layer. A schedule maps the epoch number (1-based) to a learning rate.
+
+Optimizers are looked up by lower-case class name: config `{"name": "adam", "beta1": 0.9}`
+builds `Adam(lr=..., beta1=0.9)`.
+"""
+import math
+import numbers
+
+import numpy as np
+
+OPTIMIZERS = {}   # config name (lower-case class name) -> optimizer class
+
+
+def register(cls):
+    name = cls.__name__.lower()
+    if name in OPTIMIZERS:
+        raise ValueError(f"{name} is registered twice")
+    OPTIMIZERS[name] = cls
+    return cls
+
+
+def check_number(name, value, low, high, low_open=False, high_open=False):
+    """Accepts ints and floats (never bools) in the interval given; brackets follow the flags."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: `step(params, grads)` updates every `params[name]` in place."""
+
+    def __init__(self, lr):
+        self.lr = check_number("lr", lr, 0, math.inf, low_open=True)
+
+    def step(self, params, grads):
+        for name, p in params.items():
+            self.update(name, p, grads[name])
+
+    def update(self, name, p, g):
+        raise NotImplementedError(f"{type(self).__name__} must implement update()")
+
+    def state_dict(self):
+        """Everything besides the parameters that a resumed run needs (arrays by name)."""
+        return {}
+
+    def __repr__(self):
+        return f"{type(self).__name__}(lr={self.lr:g})"
+
+
+@register
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
+
+        g = grad + weight_decay * p
+        v = momentum * v + g                 (v starts at 0; skipped when momentum is 0)
+        p -= lr * v                          (nesterov: p -= lr * (g + momentum * v))
+
+    Args:
+        lr: learning rate > 0.
+        momentum: in [0, 1).
+        nesterov: use Nesterov's look-ahead form (needs momentum > 0).
+        weight_decay: L2 penalty coefficient >= 0, added to the gradient.
+    """
+
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
+        super().__init__(lr)
+        self.momentum = check_number("momentum", momentum, 0, 1, high_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
+        if not isinstance(nesterov, bool) or (nesterov and self.momentum == 0):
+            raise ValueError(f"nesterov: expected true (with momentum > 0) or false, got {nesterov!r}")
+        self.nesterov = nesterov
+        self.velocity = {}
+
+    def update(self, name, p, g):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            v = self.velocity.setdefault(name, np.zeros_like(p))
+            v *= self.momentum
+            v += g
+            g = g + self.momentum * v if self.nesterov else v
+        p -= self.lr * g
+
+    def state_dict(self):
+        return {"velocity": self.velocity}
+
+
+@register
+class Momentum(SGD):
+    """SGD with momentum 0.9 unless given: the seed's {"name": "momentum", "momentum": 0.9}."""
+
+    def __init__(self, lr, momentum=0.9, nesterov=False, weight_decay=0.0):
+        super().__init__(lr, momentum, nesterov, weight_decay)
+
+
+# ---- learning-rate schedules -----------------------------------------------------------------
+
+SCHEDULES = ("step", "exponential", "cosine")
+
+
+def learning_rate(epoch, lr, schedule="step", num_epochs=1, decay_rate=1.0, start_epoch_decay=1,
+                  warmup_epochs=0):
+    """The learning rate of epoch `epoch` (1-based).
+
+    step:        lr * decay_rate ** k, with k = epoch - start_epoch_decay + 1 from
+                 start_epoch_decay on (the seed's decay: one multiplication per epoch), else lr.
+    exponential: lr * decay_rate ** (epoch - 1).
+    cosine:      lr * (1 + cos(pi * t)) / 2, t going from 0 at the first epoch after warm-up
+                 to 1 one epoch past the last, so the final epoch still learns.
+    warmup_epochs > 0 first ramps linearly: epoch e <= warmup_epochs uses lr * e / (warmup_epochs + 1),
+    and the schedule above then counts epochs from the end of the warm-up.
+    """
+    if epoch <= warmup_epochs:
+        return lr * epoch / (warmup_epochs + 1)
+    e = epoch - warmup_epochs
+    if schedule == "step":
+        return lr * decay_rate ** max(0, e - start_epoch_decay + 1)
+    if schedule == "exponential":
+        return lr * decay_rate ** (e - 1)
+    if schedule == "cosine":
+        t = (e - 1) / max(1, num_epochs - warmup_epochs)
+        return lr * (1 + math.cos(math.pi * t)) / 2
+    raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")

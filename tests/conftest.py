@@ -1,0 +1,34 @@
+"""Shared fixtures: the project root on sys.path, and the real MNIST files when they exist."""
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+
+
+def mnist_mirror():
+    """The file:// mirror of the real MNIST files: NNFS_MIRROR if set, else ../shared/data/mnist."""
+    if os.environ.get("NNFS_MIRROR"):
+        return os.environ["NNFS_MIRROR"]
+    if (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        return MNIST_DIR.as_uri() + "/"
+    pytest.skip(f"real MNIST not found: set NNFS_MIRROR or put the four files in {MNIST_DIR}")
+
+
+@pytest.fixture(scope="session")
+def mnist_data_dir(tmp_path_factory):
+    """A data_dir holding the verified MNIST files, downloaded once per test session."""
+    from datasets.mnist import load_mnist
+    data_dir = tmp_path_factory.mktemp("mnist")
+    load_mnist(str(data_dir), mirrors=[mnist_mirror()])
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_data_dir):
+    from datasets.mnist import load_mnist
+    return load_mnist(str(mnist_data_dir), mirrors=[])

@@ -1,0 +1,110 @@
+"""Every registered layer and loss, and a whole Model, against float64 central differences.
+
+For a layer, f(x) = sum(forward(x) * g) with a fixed random g, so df/dx = backward(g) and
+df/dparams[k] = grads[k]. The relative error ||analytic - numeric|| / (||analytic|| + ||numeric||)
+must stay below 1e-6.
+"""
+import numpy as np
+import pytest
+
+from model import build_model
+from nn_module import LAYERS, LOSSES, get_module
+
+EPS = 1e-6
+TOLERANCE = 1e-6
+
+# name -> list of (constructor arguments, per-example input shape); covers every registered layer.
+LAYER_CASES = {
+    "Linear": [({"n_in": 5, "n_out": 4}, (5,))],
+    "ReLU": [({}, (7,)), ({}, (2, 3, 3))],
+    "LeakyReLU": [({"negative_slope": 0.1}, (7,))],
+    "Tanh": [({}, (7,))],
+    "Sigmoid": [({}, (7,))],
+    "Softmax": [({}, (6,))],
+}
+
+
+def numeric_grad(f, array):
+    """Central differences of the scalar f() with respect to every element of `array` (in place)."""
+    grad = np.zeros_like(array)
+    for i in np.ndindex(array.shape):
+        saved = array[i]
+        array[i] = saved + EPS
+        up = f()
+        array[i] = saved - EPS
+        down = f()
+        array[i] = saved
+        grad[i] = (up - down) / (2 * EPS)
+    return grad
+
+
+def relative_error(a, b):
+    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30)
+
+
+def away_from_kinks(shape, rng):
+    """Normal values at least 0.01 away from 0, so ReLU-like kinks sit outside +-EPS."""
+    x = rng.normal(size=shape)
+    return x + 0.01 * np.sign(x)
+
+
+def check_module(module, x, rng):
+    g = rng.normal(size=module.forward(x).shape)
+    f = lambda: float(np.sum(module.forward(x) * g))
+    f()
+    grad_x = module.backward(g.copy())
+    analytic = {k: v.copy() for k, v in module.grads.items()}
+    assert relative_error(grad_x, numeric_grad(f, x)) < TOLERANCE, "grad_x"
+    assert analytic.keys() == module.params.keys()
+    for k, p in module.params.items():
+        assert relative_error(analytic[k], numeric_grad(f, p)) < TOLERANCE, f"grads[{k!r}]"
+
+
+def test_every_layer_has_a_case():
+    assert set(LAYER_CASES) == set(LAYERS)
+
+
+@pytest.mark.parametrize("name,arguments,shape",
+                         [(n, a, s) for n, cases in LAYER_CASES.items() for a, s in cases])
+def test_layer_gradients(name, arguments, shape):
+    rng = np.random.default_rng(0)
+    extra = {"rng": rng} if "rng" in get_module(name).__init__.__code__.co_varnames else {}
+    module = get_module(name)(**arguments, dtype=np.float64, **extra)
+    module.train()
+    check_module(module, away_from_kinks((3, *shape), rng), rng)
+
+
+def test_model_gradients():
+    rng = np.random.default_rng(1)
+    model = build_model([{"class": "Linear", "n_in": 6, "n_out": 5}, {"class": "Tanh"},
+                         {"class": "Linear", "n_in": 5, "n_out": 3}, {"class": "Softmax"}],
+                        dtype=np.float64, rng=rng)
+    check_module(model, rng.normal(size=(4, 6)), rng)
+
+
+def loss_inputs(name, rng):
+    logits = rng.normal(size=(5, 4))
+    if name == "CrossEntropyLoss":                       # probabilities, as after a Softmax
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True), rng.integers(0, 4, 5)
+    return logits, rng.integers(0, 4, 5)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_gradients(name):
+    rng = np.random.default_rng(2)
+    pred, labels = loss_inputs(name, rng)
+    loss = get_module(name)(dtype=np.float64)
+    f = lambda: loss.forward(pred, labels)
+    f()
+    analytic = loss.backward()
+    assert relative_error(analytic, numeric_grad(f, pred)) < TOLERANCE
+
+
+def test_mse_gradient_with_target_array():
+    rng = np.random.default_rng(3)
+    pred, target = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    loss = get_module("MSELoss")(dtype=np.float64)
+    f = lambda: loss.forward(pred, target)
+    f()
+    assert relative_error(loss.backward(), numeric_grad(f, pred)) < TOLERANCE

@@ -1,0 +1,118 @@
+"""Files the user cares about: atomic writes, and saving and loading models safely.
+
+A model file is a pickle of a plain dict, never of live objects:
+    {"format": 1, "config": {...the run's config...}, "params": {name: array}, "state": {name: array}}
+so loading rebuilds the network from `config["network"]` and copies the arrays in. Loading uses
+a restricted unpickler that can build numpy arrays and plain containers and nothing else, so a
+model file someone sent cannot run code.
+"""
+import contextlib
+import io
+import os
+import pickle
+import tempfile
+
+import numpy as np
+
+from errors import ModelFileError
+from model import build_model
+
+FORMAT = 1
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Open a temporary file beside `path`; on success fsync it and rename it over `path`.
+
+    A crash at any moment leaves either the old file or the new one, never half of one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with open(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(path, model, config, extra=None):
+    """Pickles the model's arrays and the config that rebuilds it to `path`, atomically."""
+    payload = {"format": FORMAT, "config": config,
+               "params": {k: np.array(v) for k, v in model.params.items()},
+               "state": {k: np.array(v) for k, v in model.state.items()},
+               **(extra or {})}
+    try:
+        with atomic_write(path) as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except OSError as err:
+        raise ModelFileError(f"cannot write model file {path}: {err.strerror or err}") from None
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds only numpy arrays, dtypes and plain containers; anything else is refused."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("collections", "OrderedDict"), ("codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a model file never needs")
+
+
+def read_model_file(path):
+    """The dict inside a model file, checked for format; ModelFileError for anything else."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ModelFileError(f"cannot read model file {path}: {err.strerror or err} "
+                             "(train first: --task train)") from None
+    try:
+        payload = _SafeUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as err:
+        raise ModelFileError(f"{path}: refused to load: {err} (load only model files you trust)") from None
+    except Exception as err:
+        raise ModelFileError(f"{path}: not a model file ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or not {"format", "config", "params", "state"} <= payload.keys():
+        raise ModelFileError(f"{path}: not a model file of this project")
+    if payload["format"] != FORMAT:
+        raise ModelFileError(f"{path}: model format {payload['format']!r}, this version reads format {FORMAT}")
+    return payload
+
+
+def load_model(path):
+    """(Model ready for forward, its config) from a file written by `save_model`."""
+    payload = read_model_file(path)
+    config = payload["config"]
+    try:
+        model = build_model(config["network"], dtype=np.dtype(config.get("dtype", "float32")),
+                            names=config.get("network_names"))
+    except Exception as err:
+        raise ModelFileError(f"{path}: its network cannot be rebuilt: {err}") from None
+    problems = []
+    for table, saved in ((model.params, payload["params"]), (model.state, payload["state"])):
+        for name in sorted(table.keys() | saved.keys()):
+            if name not in saved:
+                problems.append(f"{name} missing")
+            elif name not in table:
+                problems.append(f"{name} unexpected")
+            elif np.shape(saved[name]) != table[name].shape:
+                problems.append(f"{name} has shape {np.shape(saved[name])}, expected {table[name].shape}")
+            else:
+                table[name][...] = saved[name]
+    if problems:
+        raise ModelFileError(f"{path}: does not match its network: {'; '.join(problems)}")
+    return model.eval(), config
