@@ -41,6 +41,8 @@ DEFAULTS = {
     "decay_rate": 1.0,
     "start_epoch_decay": 1,
     "warmup_epochs": 0,
+    "clip_grad_norm": None,     # None: no clipping; else the largest joint L2 norm of the gradients
+    "train_size": None,         # None: every training example not held out for validation
     "valid_size": 5000,
     "valid_epoch": 1,
     "patience": 0,              # validations without improvement before stopping; 0: never
@@ -86,13 +88,14 @@ def _choice(choices):
     return check
 
 
-def _string(optional=False):
+def _optional(check):
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def _string():
     def check(key, value):
-        if value is None and optional:
-            return None
         if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a non-empty string{' or null' if optional else ''}, "
-                              f"got {_describe(value)}")
+            raise ConfigError(f"{key}: expected a non-empty string, got {_describe(value)}")
         return value
     return check
 
@@ -101,8 +104,8 @@ CHECKS = {
     "task": _choice(TASKS),
     "dataset": _choice(sorted(DATASETS)),
     "data_dir": _string(),
-    "model_file": _string(optional=True),
-    "log_file": _string(optional=True),
+    "model_file": _optional(_string()),
+    "log_file": _optional(_string()),
     "log_level": _integer(0, 3),
     "seed": _integer(0),
     "dtype": _choice(("float32", "float64")),
@@ -113,6 +116,8 @@ CHECKS = {
     "decay_rate": _number(0, 1, low_open=True),
     "start_epoch_decay": _integer(1),
     "warmup_epochs": _integer(0),
+    "clip_grad_norm": _optional(_number(0, math.inf, low_open=True)),
+    "train_size": _optional(_integer(1)),
     "valid_size": _integer(0),
     "valid_epoch": _integer(1),
     "patience": _integer(0),

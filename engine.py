@@ -16,7 +16,7 @@ from datasets import DATASETS, SHAPES
 from errors import ConfigError, DataError
 from model import Model, build_model
 from nn_module import LOSSES, CrossEntropyLoss, Softmax, SoftmaxCrossEntropyLoss
-from optim import OPTIMIZERS, learning_rate
+from optim import OPTIMIZERS, clip_grad_norm, learning_rate
 from utils import atomic_write, load_model, save_model
 
 EVAL_BATCH = 1000
@@ -72,12 +72,14 @@ class Engine:
         return data
 
     def split(self, data):
-        """(train x, y, validation x, y): the last `valid_size` training examples validate."""
+        """(train x, y, validation x, y): the last `valid_size` training examples validate, and
+        the first `train_size` (default: all the others) train."""
         n, valid = len(data["x_train"]), self.config["valid_size"]
         if valid >= n:
             raise DataError(f"valid_size: expected fewer than the {n} training examples, got {valid}")
         cut = n - valid
-        return data["x_train"][:cut], data["y_train"][:cut], data["x_train"][cut:], data["y_train"][cut:]
+        train = min(cut, self.config["train_size"] or cut)
+        return data["x_train"][:train], data["y_train"][:train], data["x_train"][cut:], data["y_train"][cut:]
 
     # ---- training ----------------------------------------------------------------------------
 
@@ -137,6 +139,8 @@ class Engine:
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
                                       f"in {self.config['model_file']}")
             net.backward(loss.backward())
+            if self.config["clip_grad_norm"]:
+                clip_grad_norm(net.grads, self.config["clip_grad_norm"])
             optimizer.step(net.params, net.grads)
             total_loss += value * len(index)
             correct += int((out.argmax(axis=1) == yb).sum())

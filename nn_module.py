@@ -19,6 +19,7 @@ import difflib
 import numbers
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 LAYERS = {}   # JSON "class" name -> layer class
 LOSSES = {}   # JSON "loss" name -> loss class
@@ -252,6 +253,282 @@ class Softmax(NNModule):
     def backward(self, grad_y):
         # dL/dx_i = y_i * (dL/dy_i - sum_j dL/dy_j * y_j)
         return self.y * (grad_y - (grad_y * self.y).sum(axis=-1, keepdims=True))
+
+
+# ---- convolution and pooling ---------------------------------------------------------------
+
+def windows(x, size, stride, padding):
+    """Every size x size window of x (N, C, H, W), zero-padded, as a read-only strided view
+    (N, C, OH, OW, size, size) with OH = (H + 2 padding - size) // stride + 1; no copy is made."""
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    return sliding_window_view(x, (size, size), axis=(2, 3))[:, :, ::stride, ::stride]
+
+
+def scatter_windows(grad_win, input_shape, stride, padding):
+    """The adjoint of `windows`: adds each window's gradient (N, C, OH, OW, k, k) back onto the
+    pixels it was read from; returns (N, C, H, W). One slice-add per tap, never per pixel."""
+    n, c, h, w = input_shape
+    oh, ow, k = grad_win.shape[2], grad_win.shape[3], grad_win.shape[4]
+    grad = np.zeros((n, c, h + 2 * padding, w + 2 * padding), grad_win.dtype)
+    for i in range(k):
+        for j in range(k):          # tap (i, j) of window (a, b) read pixel (a*stride + i, b*stride + j)
+            grad[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += grad_win[:, :, :, :, i, j]
+    return grad[:, :, padding:padding + h, padding:padding + w]
+
+
+def check_image(x, channels, kernel_size, padding):
+    """ValueError unless x is (N, channels, H, W) with H, W + 2 padding >= kernel_size."""
+    if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
+        want = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
+        raise ValueError(f"expected {want} inputs, got (N, {', '.join(map(str, x.shape[1:]))})")
+    if min(x.shape[2:]) + 2 * padding < kernel_size:
+        raise ValueError(f"kernel_size {kernel_size} is larger than the padded input "
+                         f"{x.shape[2] + 2 * padding}x{x.shape[3] + 2 * padding}")
+
+
+@register
+class Conv2D(NNModule):
+    """2-D convolution (cross-correlation, as in every deep-learning library), by im2col:
+
+        y[n, f, i, j] = bias[f] + sum_{c, k, l} weight[f, c, k, l] * xp[n, c, i*stride + k, j*stride + l]
+
+    where xp is x zero-padded by `padding` pixels on each side.
+
+    Args:
+        in_channels, out_channels: C and F.
+        kernel_size: k, for a square k x k kernel.
+        stride: >= 1. padding: >= 0.
+        init: "he" (default), "xavier", "normal" (with `std`) or "uniform"; see `init_weight`.
+    Shape: x (N, C, H, W) -> y (N, F, OH, OW), OH = (H + 2 padding - k) // stride + 1, same for OW.
+    Params: weight (F, C, k, k), bias (F,).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="he", std=0.01,
+                 dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.out_channels = check_int("out_channels", out_channels, 1)
+        self.kernel_size = check_int("kernel_size", kernel_size, 1)
+        self.stride, self.padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
+        self.init, self.std = init, check_number("std", std, 0, np.inf, low_open=True)
+        k = kernel_size
+        shape = (out_channels, in_channels, k, k)
+        self.add_param("weight", init_weight(shape, in_channels * k * k, out_channels * k * k, init, std, rng, dtype))
+        self.add_param("bias", np.zeros(out_channels))
+        self.cols, self.x_shape = None, None
+
+    def forward(self, x):
+        check_image(x, self.in_channels, self.kernel_size, self.padding)
+        win = windows(x, self.kernel_size, self.stride, self.padding)     # (N, C, OH, OW, k, k)
+        n, _, oh, ow = win.shape[:4]
+        self.x_shape = x.shape
+        self.cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)   # (N*OH*OW, C*k*k), a copy
+        y = self.cols @ self.params["weight"].reshape(self.out_channels, -1).T  # (N*OH*OW, F)
+        y += self.params["bias"]
+        return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, grad_y):
+        n, f, oh, ow = grad_y.shape
+        grad_rows = grad_y.transpose(0, 2, 3, 1).reshape(n * oh * ow, f)        # (N*OH*OW, F)
+        weight = self.params["weight"].reshape(f, -1)                            # (F, C*k*k)
+        np.matmul(grad_rows.T, self.cols, out=self.grads["weight"].reshape(f, -1))   # dL/dW = dy.T @ cols
+        np.sum(grad_rows, axis=0, out=self.grads["bias"])
+        grad_cols = grad_rows @ weight                                           # dL/dcols = dy @ W
+        k = self.kernel_size
+        grad_win = grad_cols.reshape(n, oh, ow, -1, k, k).transpose(0, 3, 1, 2, 4, 5)   # (N, C, OH, OW, k, k)
+        return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)
+
+    def extra_repr(self):
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}")
+
+
+@register
+class MaxPool2D(NNModule):
+    """y[n, c, i, j] = max of the kernel_size x kernel_size window at (i*stride, j*stride).
+
+    The gradient of each window goes to exactly one element, its first maximum (MNIST's flat
+    background makes ties common). Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
+    """
+
+    def __init__(self, kernel_size, stride=None, dtype=np.float32):
+        super().__init__(dtype)
+        self.kernel_size = check_int("kernel_size", kernel_size, 1)
+        self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
+        self.argmax, self.x_shape = None, None
+
+    def forward(self, x):
+        check_image(x, None, self.kernel_size, 0)
+        win = windows(x, self.kernel_size, self.stride, 0)
+        flat = win.reshape(*win.shape[:4], -1)                   # (N, C, OH, OW, k*k), a copy
+        self.argmax, self.x_shape = flat.argmax(axis=-1), x.shape
+        return np.take_along_axis(flat, self.argmax[..., None], axis=-1)[..., 0]
+
+    def backward(self, grad_y):
+        k = self.kernel_size
+        taps = np.arange(k * k).reshape(k, k)                     # a window's flat index of tap (i, j)
+        grad_win = (self.argmax[..., None, None] == taps) * grad_y[..., None, None]   # (N, C, OH, OW, k, k)
+        return scatter_windows(grad_win.astype(self.dtype, copy=False), self.x_shape, self.stride, 0)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+@register
+class AvgPool2D(NNModule):
+    """y[n, c, i, j] = mean of the kernel_size x kernel_size window at (i*stride, j*stride).
+
+    Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
+    """
+
+    def __init__(self, kernel_size, stride=None, dtype=np.float32):
+        super().__init__(dtype)
+        self.kernel_size = check_int("kernel_size", kernel_size, 1)
+        self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
+        self.x_shape = None
+
+    def forward(self, x):
+        check_image(x, None, self.kernel_size, 0)
+        self.x_shape = x.shape
+        return windows(x, self.kernel_size, self.stride, 0).mean(axis=(4, 5))
+
+    def backward(self, grad_y):
+        k = self.kernel_size                                      # every tap gets dL/dy / k^2
+        grad_win = np.broadcast_to((grad_y / (k * k))[..., None, None], (*grad_y.shape, k, k))
+        return scatter_windows(grad_win, self.x_shape, self.stride, 0)
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+# ---- shape, regularisation and normalisation ---------------------------------------------
+
+@register
+class Flatten(NNModule):
+    """(N, ...) -> (N, prod(...)); backward restores the shape."""
+
+    def __init__(self, dtype=np.float32):
+        super().__init__(dtype)
+        self.x_shape = None
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(len(x), -1)
+
+    def backward(self, grad_y):
+        return grad_y.reshape(self.x_shape)
+
+
+@register
+class Reshape(NNModule):
+    """(N, ...) -> (N, *shape), e.g. shape [1, 28, 28] turns flat MNIST rows into images."""
+
+    def __init__(self, shape, dtype=np.float32):
+        super().__init__(dtype)
+        if not isinstance(shape, (list, tuple)) or not shape:
+            raise ValueError(f"shape: expected a list of positive integers, got {shape!r}")
+        self.shape = tuple(check_int("shape", d, 1) for d in shape)
+        self.x_shape = None
+
+    def forward(self, x):
+        if np.prod(x.shape[1:]) != np.prod(self.shape):
+            raise ValueError(f"cannot reshape {x.shape[1:]} ({np.prod(x.shape[1:])} values) into "
+                             f"{self.shape} ({np.prod(self.shape)} values)")
+        self.x_shape = x.shape
+        return x.reshape(len(x), *self.shape)
+
+    def backward(self, grad_y):
+        return grad_y.reshape(self.x_shape)
+
+    def extra_repr(self):
+        return f"shape={list(self.shape)}"
+
+
+@register
+class Dropout(NNModule):
+    """Inverted dropout: in training, each element is zeroed with probability p and the rest
+    are scaled by 1 / (1 - p), so eval mode is the identity with the same expected output.
+    Any shape.
+    """
+
+    def __init__(self, p=0.5, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.p = check_number("p", p, 0, 1, high_open=True)
+        self.rng = np.random.default_rng() if rng is None else rng
+        self.mask = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            self.mask = None
+            return x
+        self.mask = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(self.dtype)
+        self.mask /= 1 - self.p
+        return x * self.mask
+
+    def backward(self, grad_y):
+        return grad_y if self.mask is None else grad_y * self.mask
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+@register
+class BatchNorm(NNModule):
+    """Batch normalisation: y = gamma * (x - mean) / sqrt(var + eps) + beta, per feature/channel.
+
+    Training uses the batch's mean and (biased) variance over N (and H, W) and updates
+        running = momentum * running + (1 - momentum) * batch statistic;
+    eval uses the running averages. Those live in `state`: saved with the model, never trained.
+
+    Shape: (N, C) or (N, C, H, W), C = num_features. Params: gamma (C,), beta (C,).
+    State: running_mean (C,), running_var (C,).
+    """
+
+    def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype=np.float32):
+        super().__init__(dtype)
+        self.num_features = check_int("num_features", num_features, 1)
+        self.momentum = check_number("momentum", momentum, 0, 1, high_open=True)
+        self.eps = check_number("eps", eps, 0, 1, low_open=True)
+        self.add_param("gamma", np.ones(num_features))
+        self.add_param("beta", np.zeros(num_features))
+        self.state = {"running_mean": np.zeros(num_features, self.dtype),
+                      "running_var": np.ones(num_features, self.dtype)}
+        self.x_hat, self.inv_std, self.axes = None, None, None
+
+    def forward(self, x):
+        if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
+            raise ValueError(f"num_features is {self.num_features}, but the input has shape "
+                             f"(N, {', '.join(map(str, x.shape[1:]))}); expected (N, C) or (N, C, H, W) "
+                             f"with C = {self.num_features}")
+        self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
+        shape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts (C,) over the input
+        if self.training:
+            mean, var = x.mean(axis=self.axes), x.var(axis=self.axes)
+            for key, batch in (("running_mean", mean), ("running_var", var)):
+                self.state[key][...] = self.momentum * self.state[key] + (1 - self.momentum) * batch
+        else:
+            mean, var = self.state["running_mean"], self.state["running_var"]
+        self.inv_std = (1 / np.sqrt(var + self.eps)).reshape(shape)
+        self.x_hat = (x - mean.reshape(shape)) * self.inv_std
+        return self.params["gamma"].reshape(shape) * self.x_hat + self.params["beta"].reshape(shape)
+
+    def backward(self, grad_y):
+        shape = self.inv_std.shape
+        self.grads["gamma"][...] = (grad_y * self.x_hat).sum(axis=self.axes)
+        self.grads["beta"][...] = grad_y.sum(axis=self.axes)
+        grad_x_hat = grad_y * self.params["gamma"].reshape(shape)
+        if not self.training:                                      # mean and var are constants
+            return grad_x_hat * self.inv_std
+        # mean and var depend on x; with m values per channel:
+        # dL/dx = inv_std / m * (m dL/dx_hat - sum dL/dx_hat - x_hat * sum(dL/dx_hat * x_hat))
+        m = grad_y.size // self.num_features
+        total = grad_x_hat.sum(axis=self.axes).reshape(shape)
+        total_x_hat = (grad_x_hat * self.x_hat).sum(axis=self.axes).reshape(shape)
+        return self.inv_std / m * (m * grad_x_hat - total - self.x_hat * total_x_hat)
+
+    def extra_repr(self):
+        return f"num_features={self.num_features}, momentum={self.momentum}, eps={self.eps}"
 
 
 # ---- losses ----------------------------------------------------------------------------------

@@ -100,6 +100,123 @@ class Momentum(SGD):
         super().__init__(lr, momentum, nesterov, weight_decay)
 
 
+class _Adaptive(Optimizer):
+    """Shared by the optimizers that keep per-parameter running averages: checks `eps`,
+    `weight_decay` and the betas, and counts steps (t, from 1) for bias correction."""
+
+    def __init__(self, lr, eps, weight_decay, **betas):
+        super().__init__(lr)
+        self.eps = check_number("eps", eps, 0, 1, low_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
+        for name, value in betas.items():
+            setattr(self, name, check_number(name, value, 0, 1, high_open=True))
+        self.t = 0
+        self.slots = {}                  # name -> {"m": ..., "v": ...} or {"s": ...}, created once
+
+    def step(self, params, grads):
+        self.t += 1
+        super().step(params, grads)
+
+    def slot(self, name, key, like):
+        return self.slots.setdefault(name, {}).setdefault(key, np.zeros_like(like))
+
+    def state_dict(self):
+        return {"t": self.t, "slots": self.slots}
+
+
+@register
+class AdaGrad(_Adaptive):
+    """Adaptive gradient: a per-element rate that shrinks with the gradients seen so far.
+
+        g = grad + weight_decay * p
+        s += g^2
+        p -= lr * g / (sqrt(s) + eps)
+    """
+
+    def __init__(self, lr, eps=1e-10, weight_decay=0.0):
+        super().__init__(lr, eps, weight_decay)
+
+    def update(self, name, p, g):
+        g = g + self.weight_decay * p if self.weight_decay else g
+        s = self.slot(name, "s", p)
+        s += g * g
+        p -= self.lr * g / (np.sqrt(s) + self.eps)
+
+
+@register
+class RMSProp(_Adaptive):
+    """AdaGrad with a forgetting average of squared gradients.
+
+        g = grad + weight_decay * p
+        s = rho * s + (1 - rho) * g^2
+        p -= lr * g / (sqrt(s) + eps)
+    """
+
+    def __init__(self, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, eps, weight_decay, rho=rho)
+
+    def update(self, name, p, g):
+        g = g + self.weight_decay * p if self.weight_decay else g
+        s = self.slot(name, "s", p)
+        s *= self.rho
+        s += (1 - self.rho) * g * g
+        p -= self.lr * g / (np.sqrt(s) + self.eps)
+
+
+@register
+class Adam(_Adaptive):
+    """Adam (Kingma & Ba 2015), with L2 weight decay added to the gradient.
+
+        g = grad + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g;   v = beta2 * v + (1 - beta2) * g^2
+        p -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)      (t = 1, 2, ...)
+    """
+
+    decoupled = False                  # AdamW: weight decay acts on p, not through g
+
+    def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(lr, eps, weight_decay, beta1=beta1, beta2=beta2)
+
+    def update(self, name, p, g):
+        g = g + self.weight_decay * p if self.weight_decay and not self.decoupled else g
+        m, v = self.slot(name, "m", p), self.slot(name, "v", p)
+        m *= self.beta1
+        m += (1 - self.beta1) * g
+        v *= self.beta2
+        v += (1 - self.beta2) * g * g
+        m_hat = m / (1 - self.beta1 ** self.t)                 # bias correction: m, v start at 0
+        v_hat = v / (1 - self.beta2 ** self.t)
+        p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+@register
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019): the decay shrinks the
+    weights directly instead of passing through Adam's per-element scaling.
+
+        p -= lr * weight_decay * p;   then Adam's update with g = grad
+    """
+
+    decoupled = True
+
+    def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(lr, beta1, beta2, eps, weight_decay)
+
+    def update(self, name, p, g):
+        p *= 1 - self.lr * self.weight_decay
+        super().update(name, p, g)
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scales every gradient in place so that their joint L2 norm is at most `max_norm`;
+    returns the norm before clipping."""
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    if norm > max_norm:
+        for g in grads.values():
+            g *= max_norm / norm
+    return norm
+
+
 # ---- learning-rate schedules -----------------------------------------------------------------
 
 SCHEDULES = ("step", "exponential", "cosine")

@@ -21,6 +21,14 @@ LAYER_CASES = {
     "Tanh": [({}, (7,))],
     "Sigmoid": [({}, (7,))],
     "Softmax": [({}, (6,))],
+    "Conv2D": [({"in_channels": 2, "out_channels": 3, "kernel_size": k, "stride": s, "padding": p}, (2, 7, 6))
+               for k, s, p in [(3, 1, 0), (3, 1, 1), (3, 2, 0), (3, 2, 1), (2, 2, 0), (5, 2, 2), (1, 1, 0)]],
+    "MaxPool2D": [({"kernel_size": k, "stride": s}, (2, 6, 7)) for k, s in [(2, 2), (3, 1), (3, 2), (2, 1)]],
+    "AvgPool2D": [({"kernel_size": k, "stride": s}, (2, 6, 7)) for k, s in [(2, 2), (3, 1), (3, 2), (2, 1)]],
+    "Flatten": [({}, (2, 3, 2))],
+    "Reshape": [({"shape": [2, 3]}, (6,))],
+    "Dropout": [({"p": 0.3}, (8,)), ({"p": 0.5}, (2, 3, 3))],
+    "BatchNorm": [({"num_features": 4}, (4,)), ({"num_features": 3}, (3, 4, 5))],
 }
 
 
@@ -49,8 +57,15 @@ def away_from_kinks(shape, rng):
 
 
 def check_module(module, x, rng):
+    """Asserts grad_x and every grads[k] match central differences of sum(forward(x) * g)."""
+    seed = int(rng.integers(1 << 30))
+
+    def f():
+        if hasattr(module, "rng"):                 # Dropout: the same mask on every call
+            module.rng = np.random.default_rng(seed)
+        return float(np.sum(module.forward(x) * g))
+
     g = rng.normal(size=module.forward(x).shape)
-    f = lambda: float(np.sum(module.forward(x) * g))
     f()
     grad_x = module.backward(g.copy())
     analytic = {k: v.copy() for k, v in module.grads.items()}
@@ -72,6 +87,14 @@ def test_layer_gradients(name, arguments, shape):
     module = get_module(name)(**arguments, dtype=np.float64, **extra)
     module.train()
     check_module(module, away_from_kinks((3, *shape), rng), rng)
+
+
+def test_batchnorm_gradients_in_eval_mode():
+    rng = np.random.default_rng(4)
+    module = get_module("BatchNorm")(num_features=3, dtype=np.float64)
+    module.forward(rng.normal(size=(6, 3, 2, 2)) * 2 + 1)       # moves the running averages
+    module.eval()
+    check_module(module, rng.normal(size=(5, 3, 2, 2)), rng)
 
 
 def test_model_gradients():
