@@ -5,9 +5,12 @@ optimizer and schedule (optim.py), data (datasets/), files (utils.py), messages 
 Everything that can be checked without data (the network chains, fits the dataset's input
 and classes, the model file can be written) is checked before any data is loaded.
 """
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -17,7 +20,7 @@ from errors import ConfigError, DataError
 from model import Model, build_model
 from nn_module import LOSSES, CrossEntropyLoss, Softmax, SoftmaxCrossEntropyLoss
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import atomic_write, load_model, save_model
+from utils import FORMAT, atomic_write, copy_arrays, load_model, read_pickle, save_model, write_pickle
 
 EVAL_BATCH = 1000
 
@@ -26,14 +29,48 @@ class DivergenceError(ConfigError):
     """Training produced a non-finite loss: the run stops and the best saved model stays."""
 
 
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived during training and a checkpoint was written (exit status 130)."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """An Event that SIGINT and SIGTERM set instead of stopping the program at once: the training
+    loop checks it between batches. A second signal raises KeyboardInterrupt straight away."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():   # only it may handle signals
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def new_progress():
+    """Where training stands; a checkpoint saves it and --resume restores it."""
+    return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
+            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": []}
+
+
 class Engine:
     def __init__(self, config, log):
         self.config, self.log = config, log
         self.dtype = np.dtype(config["dtype"])
         self.rng = np.random.default_rng(config["seed"])
 
-    def run(self):
-        tasks = {"train": self.train, "test": self.test}
+    def run(self, resume=False):
+        if resume and self.config["task"] != "train":
+            raise ConfigError(f"--resume: only the train task can resume, not {self.config['task']!r}")
+        tasks = {"train": lambda: self.train(resume), "test": self.test}
         return tasks[self.config["task"]]()
 
     # ---- building and checking, before any data --------------------------------------------
@@ -83,57 +120,77 @@ class Engine:
 
     # ---- training ----------------------------------------------------------------------------
 
-    def train(self):
+    def train(self, resume=False):
+        """Trains, saving the model with the best validation accuracy to `model_file` as it goes.
+
+        SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
+        `resume=True` continues from it, giving the weights an uninterrupted run would have.
+        """
         c = self.config
         model = build_model(c["network"], self.dtype, self.rng, c["network_names"])
         self.check_fits(model)
         self.check_writable(c["model_file"])
         optimizer_args = {k: v for k, v in c["optimizer"].items() if k != "name"}
         optimizer = OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **optimizer_args)
+        progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
         self.log.debug(repr(model))
-        x_train, y_train, x_valid, y_valid = self.split(self.load_data())
-        net, loss = self.objective(model)
-        self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}; "
-                      f"{sum(p.size for p in model.params.values()):,} parameters")
-        best_accuracy, stale, history = -1.0, 0, []
-        for epoch in range(1, c["num_epochs"] + 1):
-            optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
-                                         c["start_epoch_decay"], c["warmup_epochs"])
-            start = time.perf_counter()
-            train_loss, train_accuracy = self.train_epoch(net, loss, optimizer, x_train, y_train, epoch)
-            record = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                      "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
-            if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
-                record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(net, loss, x_valid, y_valid)
-                if record["valid_accuracy"] > best_accuracy:
-                    best_accuracy, stale = record["valid_accuracy"], 0
-                    save_model(c["model_file"], model, c, {"epoch": epoch})
-                else:
-                    stale += 1
-            record["seconds"] = time.perf_counter() - start
-            history.append(record)
-            self.log.info(epoch_line(record, c["num_epochs"]))
-            self.save_history(history)
-            if c["patience"] and stale >= c["patience"]:
-                self.log.info(f"early stop: no better validation accuracy in {stale} validations")
-                break
-        if not len(x_valid):
-            save_model(c["model_file"], model, c, {"epoch": epoch})
-        best = f" (best validation accuracy {100 * best_accuracy:.2f}%)" if len(x_valid) else ""
+        data = self.split(self.load_data())
+        self.log.info(f"training on {len(data[0])} examples, validating on {len(data[2])}; "
+                      f"{sum(p.size for p in model.params.values()):,} parameters"
+                      + (f"; resuming at epoch {progress['epoch']}, batch {progress['batch'] + 1}" if resume else ""))
+        with stop_requests() as stop:
+            while progress["epoch"] <= c["num_epochs"] and not progress["stopped"]:
+                self.train_epoch(model, optimizer, data, progress, stop)
+        if not len(data[2]):
+            save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.checkpoint_path())
+        best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(data[2]) else ""
         self.log.info(f"saved model to {c['model_file']}{best}")
-        return history
+        return progress["history"]
 
-    def train_epoch(self, net, loss, optimizer, x, y, epoch):
-        """One pass over (x, y) in seeded random order; returns mean loss and accuracy."""
+    def train_epoch(self, model, optimizer, data, progress, stop):
+        """Trains the rest of epoch `progress["epoch"]`, then validates, logs and saves."""
+        c, epoch = self.config, progress["epoch"]
+        x_train, y_train, x_valid, y_valid = data
+        net, loss = self.objective(model)
+        optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
+                                     c["start_epoch_decay"], c["warmup_epochs"])
+        if progress["order"] is None:
+            progress["order"] = self.rng.permutation(len(x_train))
+        start = time.perf_counter()
+        self.train_batches(net, loss, optimizer, x_train, y_train, progress, stop, model)
+        record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
+                  "train_accuracy": progress["correct"] / len(x_train),
+                  "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
+        if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
+            record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(net, loss, x_valid, y_valid)
+            if record["valid_accuracy"] > progress["best_accuracy"]:
+                progress["best_accuracy"], progress["stale"] = record["valid_accuracy"], 0
+                save_model(c["model_file"], model, c, {"epoch": epoch})
+            else:
+                progress["stale"] += 1
+        record["seconds"] = progress["seconds"] + time.perf_counter() - start
+        progress["history"].append(record)
+        self.log.info(epoch_line(record, c["num_epochs"]))
+        self.save_history(progress["history"])
+        progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
+        if c["patience"] and progress["stale"] >= c["patience"]:
+            self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
+            progress["stopped"] = True
+
+    def train_batches(self, net, loss, optimizer, x, y, progress, stop, model):
+        """The remaining mini-batches of the epoch, in the order `progress["order"]`."""
+        batch_size, order, epoch = self.config["batch_size"], progress["order"], progress["epoch"]
+        batches, start, first = math.ceil(len(x) / batch_size), time.perf_counter(), progress["batch"]
         net.train()
-        order = self.rng.permutation(len(x))
-        batch_size, total_loss, correct, start = self.config["batch_size"], 0.0, 0, time.perf_counter()
-        batches = math.ceil(len(x) / batch_size)
-        for b in range(batches):
+        while progress["batch"] < batches:
+            b = progress["batch"]
             index = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[index], y[index]
-            out = net.forward(xb)
-            value = loss.forward(out, yb)
+            with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
+                out = net.forward(xb)
+                value = loss.forward(out, yb)
             if not math.isfinite(value):
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
@@ -142,13 +199,47 @@ class Engine:
             if self.config["clip_grad_norm"]:
                 clip_grad_norm(net.grads, self.config["clip_grad_norm"])
             optimizer.step(net.params, net.grads)
-            total_loss += value * len(index)
-            correct += int((out.argmax(axis=1) == yb).sum())
-            seen = b * batch_size + len(index)
-            rate = seen / max(time.perf_counter() - start, 1e-9)
-            self.log.progress(b + 1, batches, f"loss {total_loss / seen:.4f} acc {correct / seen:.4f} "
-                                               f"{rate:.0f} ex/s eta {(len(x) - seen) / rate:.0f}s")
-        return total_loss / len(x), correct / len(x)
+            progress["loss_sum"] += value * len(index)
+            progress["correct"] += int((out.argmax(axis=1) == yb).sum())
+            progress["batch"] = b + 1
+            seen = min(len(x), (b + 1) * batch_size)
+            rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
+            self.log.progress(b + 1, batches, f"loss {progress['loss_sum'] / seen:.4f} acc "
+                                              f"{progress['correct'] / seen:.4f} {rate:.0f} ex/s "
+                                              f"eta {(len(x) - seen) / rate:.0f}s")
+            if stop.is_set():
+                progress["seconds"] += time.perf_counter() - start
+                self.save_checkpoint(model, optimizer, progress)
+                raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
+                                  f"{self.checkpoint_path()}: continue with --resume")
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def checkpoint_path(self):
+        return os.path.splitext(self.config["model_file"])[0] + ".ckpt"
+
+    def save_checkpoint(self, model, optimizer, progress):
+        """Everything a resumed run needs: weights, optimizer state, random state, position."""
+        write_pickle(self.checkpoint_path(), {
+            "format": FORMAT, "config": self.config,
+            "params": {k: np.array(v) for k, v in model.params.items()},
+            "state": {k: np.array(v) for k, v in model.state.items()},
+            "optimizer": optimizer.state_dict(), "rng": self.rng.bit_generator.state, "progress": progress,
+        }, what="checkpoint")
+
+    def load_checkpoint(self, model, optimizer):
+        """Restores model, optimizer and random state from the checkpoint; returns the progress."""
+        path = self.checkpoint_path()
+        payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
+        ignored = ("task", "log_level", "log_file")
+        changed = [k for k in self.config if k not in ignored and payload["config"].get(k) != self.config[k]]
+        if changed:
+            raise ConfigError(f"--resume: {path} was made with other values of {', '.join(changed)}; "
+                              "resume with the same config or train without --resume")
+        copy_arrays(model, payload, path)
+        optimizer.load_state_dict(payload["optimizer"])
+        self.rng.bit_generator.state = payload["rng"]
+        return payload["progress"]
 
     def evaluate(self, net, loss, x, y):
         """(mean loss, accuracy, predicted classes) of `net` in eval mode."""

@@ -1,13 +1,14 @@
-"""Command line: python3 main.py CONFIG.json [--task T] [--set KEY=VALUE ...] [-v | -q].
+"""Command line: python3 main.py CONFIG.json [--task T] [--set KEY=VALUE ...] [--resume] [-v | -q].
 
 Parses the options, loads the config and hands it to the engine; no training logic lives here.
-Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 1 for a bug.
+Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 130 when interrupted
+(SIGINT or SIGTERM; training leaves a checkpoint for --resume), 1 for a bug.
 """
 import argparse
 import sys
 
 from config import TASKS, load_config
-from engine import Engine
+from engine import Engine, Interrupted
 from errors import ConfigError
 from log import Logger
 
@@ -26,6 +27,9 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key; VALUE is JSON or else a string; dotted keys reach "
                              "nested objects, e.g. optimizer.momentum=0.8 (repeatable; default: none)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue training from the checkpoint an interrupted run left beside "
+                             "model_file (default: start afresh)")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0,
                            help="raise log_level by one per -v (default: the config's log_level, 1)")
@@ -44,10 +48,16 @@ def main(argv=None):
             log = Logger(config["log_level"], config["log_file"])
         except OSError as err:
             raise ConfigError(f"log_file: cannot open {config['log_file']}: {err.strerror}") from None
-        Engine(config, log).run()
+        Engine(config, log).run(args.resume)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Interrupted as err:
+        print(str(err), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     finally:
         if log:
             log.close()

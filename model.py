@@ -105,6 +105,8 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
             raise ConfigError(f"{name}.{err}") from None
         except TypeError as err:               # a missing or unknown argument
             raise ConfigError(f"{name}: {err}") from None
+        except MemoryError:
+            raise ConfigError(f"{name}: its parameters do not fit in memory; use fewer units or channels") from None
     if not layers:
         raise ConfigError("network: expected at least one layer, got none")
     return Model(layers, names)

@@ -320,23 +320,23 @@ class Conv2D(NNModule):
 
     def forward(self, x):
         check_image(x, self.in_channels, self.kernel_size, self.padding)
-        win = windows(x, self.kernel_size, self.stride, self.padding)     # (N, C, OH, OW, k, k)
-        n, _, oh, ow = win.shape[:4]
+        win = windows(x, self.kernel_size, self.stride, self.padding)        # (N, C, OH, OW, k, k)
+        n, c, oh, ow, k, _ = win.shape
         self.x_shape = x.shape
-        self.cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, -1)   # (N*OH*OW, C*k*k), a copy
-        y = self.cols @ self.params["weight"].reshape(self.out_channels, -1).T  # (N*OH*OW, F)
-        y += self.params["bias"]
-        return y.reshape(n, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+        # im2col: one copy of the view, with each output pixel's window as a column.
+        self.cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)   # (C*k*k, N*OH*OW)
+        y = self.params["weight"].reshape(self.out_channels, -1) @ self.cols           # (F, N*OH*OW)
+        y += self.params["bias"][:, None]
+        return y.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3)          # (N, F, OH, OW)
 
     def backward(self, grad_y):
         n, f, oh, ow = grad_y.shape
-        grad_rows = grad_y.transpose(0, 2, 3, 1).reshape(n * oh * ow, f)        # (N*OH*OW, F)
-        weight = self.params["weight"].reshape(f, -1)                            # (F, C*k*k)
-        np.matmul(grad_rows.T, self.cols, out=self.grads["weight"].reshape(f, -1))   # dL/dW = dy.T @ cols
-        np.sum(grad_rows, axis=0, out=self.grads["bias"])
-        grad_cols = grad_rows @ weight                                           # dL/dcols = dy @ W
-        k = self.kernel_size
-        grad_win = grad_cols.reshape(n, oh, ow, -1, k, k).transpose(0, 3, 1, 2, 4, 5)   # (N, C, OH, OW, k, k)
+        c, k = self.in_channels, self.kernel_size
+        grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
+        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, -1))   # dL/dW = dy @ cols.T
+        np.sum(grad_rows, axis=1, out=self.grads["bias"])
+        grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = W.T @ dy
+        grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
         return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)
 
     def extra_repr(self):
@@ -348,28 +348,41 @@ class Conv2D(NNModule):
 class MaxPool2D(NNModule):
     """y[n, c, i, j] = max of the kernel_size x kernel_size window at (i*stride, j*stride).
 
-    The gradient of each window goes to exactly one element, its first maximum (MNIST's flat
-    background makes ties common). Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
+    The gradient of each window goes to exactly one element, its first maximum in row-major
+    order (MNIST's flat background makes ties common, and a tie must not double the gradient).
+    Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
     """
 
     def __init__(self, kernel_size, stride=None, dtype=np.float32):
         super().__init__(dtype)
         self.kernel_size = check_int("kernel_size", kernel_size, 1)
         self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
-        self.argmax, self.x_shape = None, None
+        self.x, self.y = None, None
+
+    def taps(self, x):
+        """(i, j, x[:, :, i + stride*a, j + stride*b] for every output (a, b)): one strided slice per tap."""
+        k, s = self.kernel_size, self.stride
+        oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
+        for i in range(k):
+            for j in range(k):
+                yield i, j, x[:, :, i:i + s * oh:s, j:j + s * ow:s]
 
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
-        win = windows(x, self.kernel_size, self.stride, 0)
-        flat = win.reshape(*win.shape[:4], -1)                   # (N, C, OH, OW, k*k), a copy
-        self.argmax, self.x_shape = flat.argmax(axis=-1), x.shape
-        return np.take_along_axis(flat, self.argmax[..., None], axis=-1)[..., 0]
+        self.x, self.y = x, None
+        for _, _, tap in self.taps(x):
+            self.y = tap.copy() if self.y is None else np.maximum(self.y, tap, out=self.y)
+        return self.y
 
     def backward(self, grad_y):
-        k = self.kernel_size
-        taps = np.arange(k * k).reshape(k, k)                     # a window's flat index of tap (i, j)
-        grad_win = (self.argmax[..., None, None] == taps) * grad_y[..., None, None]   # (N, C, OH, OW, k, k)
-        return scatter_windows(grad_win.astype(self.dtype, copy=False), self.x_shape, self.stride, 0)
+        grad_x = np.zeros(self.x.shape, self.dtype)
+        taken = np.zeros(self.y.shape, bool)              # windows whose maximum already got the gradient
+        s, (oh, ow) = self.stride, self.y.shape[2:]
+        for i, j, tap in self.taps(self.x):
+            first = (tap == self.y) & ~taken
+            taken |= first
+            grad_x[:, :, i:i + s * oh:s, j:j + s * ow:s] += grad_y * first
+        return grad_x
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"

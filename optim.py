@@ -34,7 +34,12 @@ def check_number(name, value, low, high, low_open=False, high_open=False):
 
 
 class Optimizer:
-    """Base class: `step(params, grads)` updates every `params[name]` in place."""
+    """Base class: `step(params, grads)` updates every `params[name]` in place.
+
+    STATE names the attributes a resumed run needs besides the parameters.
+    """
+
+    STATE = ()
 
     def __init__(self, lr):
         self.lr = check_number("lr", lr, 0, math.inf, low_open=True)
@@ -47,8 +52,11 @@ class Optimizer:
         raise NotImplementedError(f"{type(self).__name__} must implement update()")
 
     def state_dict(self):
-        """Everything besides the parameters that a resumed run needs (arrays by name)."""
-        return {}
+        return {key: getattr(self, key) for key in self.STATE}
+
+    def load_state_dict(self, state):
+        for key in self.STATE:
+            setattr(self, key, state[key])
 
     def __repr__(self):
         return f"{type(self).__name__}(lr={self.lr:g})"
@@ -69,6 +77,8 @@ class SGD(Optimizer):
         weight_decay: L2 penalty coefficient >= 0, added to the gradient.
     """
 
+    STATE = ("velocity",)
+
     def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
         super().__init__(lr)
         self.momentum = check_number("momentum", momentum, 0, 1, high_open=True)
@@ -76,20 +86,19 @@ class SGD(Optimizer):
         if not isinstance(nesterov, bool) or (nesterov and self.momentum == 0):
             raise ValueError(f"nesterov: expected true (with momentum > 0) or false, got {nesterov!r}")
         self.nesterov = nesterov
-        self.velocity = {}
+        self.velocity = {}               # name -> running sum of gradients, created once
 
     def update(self, name, p, g):
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:
-            v = self.velocity.setdefault(name, np.zeros_like(p))
+            if name not in self.velocity:
+                self.velocity[name] = np.zeros_like(p)
+            v = self.velocity[name]
             v *= self.momentum
             v += g
             g = g + self.momentum * v if self.nesterov else v
         p -= self.lr * g
-
-    def state_dict(self):
-        return {"velocity": self.velocity}
 
 
 @register
@@ -103,6 +112,8 @@ class Momentum(SGD):
 class _Adaptive(Optimizer):
     """Shared by the optimizers that keep per-parameter running averages: checks `eps`,
     `weight_decay` and the betas, and counts steps (t, from 1) for bias correction."""
+
+    STATE = ("t", "slots")
 
     def __init__(self, lr, eps, weight_decay, **betas):
         super().__init__(lr)
@@ -118,10 +129,11 @@ class _Adaptive(Optimizer):
         super().step(params, grads)
 
     def slot(self, name, key, like):
-        return self.slots.setdefault(name, {}).setdefault(key, np.zeros_like(like))
-
-    def state_dict(self):
-        return {"t": self.t, "slots": self.slots}
+        """The running average `key` of parameter `name`, created as zeros on first use."""
+        slots = self.slots.setdefault(name, {})
+        if key not in slots:
+            slots[key] = np.zeros_like(like)
+        return slots[key]
 
 
 @register

@@ -41,17 +41,25 @@ def atomic_write(path, mode="wb"):
         raise
 
 
-def save_model(path, model, config, extra=None):
-    """Pickles the model's arrays and the config that rebuilds it to `path`, atomically."""
-    payload = {"format": FORMAT, "config": config,
-               "params": {k: np.array(v) for k, v in model.params.items()},
-               "state": {k: np.array(v) for k, v in model.state.items()},
-               **(extra or {})}
+def write_pickle(path, payload, what="model file"):
+    """Pickles a plain dict to `path` atomically; ModelFileError if it cannot be written."""
     try:
         with atomic_write(path) as f:
             pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     except OSError as err:
-        raise ModelFileError(f"cannot write model file {path}: {err.strerror or err}") from None
+        raise ModelFileError(f"cannot write {what} {path}: {err.strerror or err}") from None
+
+
+def save_model(path, model, config, extra=None):
+    """Pickles the model's arrays and the config that rebuilds it to `path`, atomically."""
+    write_pickle(path, {"format": FORMAT, "config": config,
+                        "params": {k: np.array(v) for k, v in model.params.items()},
+                        "state": {k: np.array(v) for k, v in model.state.items()},
+                        **(extra or {})})
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    """The file asks for a function or class that a model file never needs."""
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -69,39 +77,44 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a model file never needs")
+        raise UnsafePickle(f"it asks for {module}.{name}, which a model file never needs")
 
 
-def read_model_file(path):
-    """The dict inside a model file, checked for format; ModelFileError for anything else."""
+def read_pickle(path, what="model file", hint="train first: --task train"):
+    """The dict in a file written by `write_pickle`, checked for format, through the restricted
+    unpickler; ModelFileError for a missing, unsafe, foreign or other-version file."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as err:
-        raise ModelFileError(f"cannot read model file {path}: {err.strerror or err} "
-                             "(train first: --task train)") from None
+        raise ModelFileError(f"cannot read {what} {path}: {err.strerror or err} ({hint})") from None
     try:
         payload = _SafeUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as err:
-        raise ModelFileError(f"{path}: refused to load: {err} (load only model files you trust)") from None
+    except UnsafePickle as err:
+        raise ModelFileError(f"{path}: refused to load: {err} (load only files you trust)") from None
     except Exception as err:
-        raise ModelFileError(f"{path}: not a model file ({type(err).__name__}: {err})") from None
+        raise ModelFileError(f"{path}: not a {what} ({type(err).__name__}: {err})") from None
     if not isinstance(payload, dict) or not {"format", "config", "params", "state"} <= payload.keys():
-        raise ModelFileError(f"{path}: not a model file of this project")
+        raise ModelFileError(f"{path}: not a {what} of this project")
     if payload["format"] != FORMAT:
-        raise ModelFileError(f"{path}: model format {payload['format']!r}, this version reads format {FORMAT}")
+        raise ModelFileError(f"{path}: {what} format {payload['format']!r}, this version reads format {FORMAT}")
     return payload
 
 
 def load_model(path):
     """(Model ready for forward, its config) from a file written by `save_model`."""
-    payload = read_model_file(path)
+    payload = read_pickle(path)
     config = payload["config"]
     try:
-        model = build_model(config["network"], dtype=np.dtype(config.get("dtype", "float32")),
-                            names=config.get("network_names"))
-    except Exception as err:
+        model = build_model(config["network"], dtype=np.dtype(config["dtype"]), names=config["network_names"])
+    except (ValueError, TypeError, KeyError, AttributeError) as err:     # a ConfigError is a ValueError
         raise ModelFileError(f"{path}: its network cannot be rebuilt: {err}") from None
+    copy_arrays(model, payload, path)
+    return model.eval(), config
+
+
+def copy_arrays(model, payload, path):
+    """Copies saved params and state into the model's arrays in place; reports every mismatch."""
     problems = []
     for table, saved in ((model.params, payload["params"]), (model.state, payload["state"])):
         for name in sorted(table.keys() | saved.keys()):
@@ -115,4 +128,3 @@ def load_model(path):
                 table[name][...] = saved[name]
     if problems:
         raise ModelFileError(f"{path}: does not match its network: {'; '.join(problems)}")
-    return model.eval(), config
