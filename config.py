@@ -22,10 +22,10 @@ from errors import ConfigError
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
 
-TASKS = ("train", "test")
+TASKS = ("train", "test", "plot", "summary", "predict")
 
 DEFAULTS = {
-    "task": "train",            # what to run: train | test
+    "task": "train",            # train | test | plot | summary | predict
     "dataset": "mnist",
     "data_dir": "data",         # where downloaded data is cached
     "model_file": None,         # None: models/<config file name>.pkl
@@ -48,7 +48,13 @@ DEFAULTS = {
     "patience": 0,              # validations without improvement before stopping; 0: never
     "loss": "SoftmaxCrossEntropyLoss",
     "network": None,            # required
+    "plot_dir": None,           # None: beside model_file, as <model name>_plots/
+    "plot": {"split": "train", "count": 30, "model": True},
+    "show": False,              # plot: also open the figures in a window when there is a display
+    "input": [],                # predict: image files (PNG, JPEG or .npy)
+    "save_prepared": False,     # predict: write the 28x28 image fed to the network into plot_dir
 }
+
 
 
 def _closest(word, choices):
@@ -92,6 +98,35 @@ def _optional(check):
     return lambda key, value: None if value is None else check(key, value)
 
 
+def _boolean():
+    def check(key, value):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_describe(value)}")
+        return value
+    return check
+
+
+def _strings():
+    def check(key, value):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{key}: expected a list of file names, got {_describe(value)}")
+        return value
+    return check
+
+
+def _object(checks):
+    """An object whose keys are checked by `checks` and missing ones filled from its default."""
+    def check(key, value):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected an object, got {_describe(value)}")
+        for name in value:
+            if name not in checks:
+                raise ConfigError(f"{key}.{name}: unknown key{_closest(name, checks)} (keys: {', '.join(checks)})")
+        filled = {**DEFAULTS[key], **value}
+        return {name: checks[name](f"{key}.{name}", filled[name]) for name in checks}
+    return check
+
+
 def _string():
     def check(key, value):
         if not isinstance(value, str) or not value:
@@ -122,6 +157,11 @@ CHECKS = {
     "valid_epoch": _integer(1),
     "patience": _integer(0),
     "loss": _choice(sorted(LOSSES)),
+    "plot_dir": _optional(_string()),
+    "plot": _object({"split": _choice(("train", "test")), "count": _integer(1, 400), "model": _boolean()}),
+    "show": _boolean(),
+    "input": _strings(),
+    "save_prepared": _boolean(),
 }
 
 
@@ -254,6 +294,8 @@ def validate(raw, path="config.json"):
     if config["model_file"] is None:
         stem = os.path.splitext(os.path.basename(path))[0]
         config["model_file"] = os.path.join("models", stem + ".pkl")
+    if config["plot_dir"] is None:
+        config["plot_dir"] = os.path.splitext(config["model_file"])[0] + "_plots"
     return config
 
 

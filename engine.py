@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from datasets import DATASETS, SHAPES
+from datasets import DATASETS, INFO
+from datasets.prepare import prepare_image
 from errors import ConfigError, DataError
 from model import Model, build_model
 from nn_module import LOSSES, CrossEntropyLoss, Softmax, SoftmaxCrossEntropyLoss
@@ -66,18 +67,20 @@ class Engine:
         self.config, self.log = config, log
         self.dtype = np.dtype(config["dtype"])
         self.rng = np.random.default_rng(config["seed"])
+        self.info = INFO[config["dataset"]]
 
     def run(self, resume=False):
         if resume and self.config["task"] != "train":
             raise ConfigError(f"--resume: only the train task can resume, not {self.config['task']!r}")
-        tasks = {"train": lambda: self.train(resume), "test": self.test}
+        tasks = {"train": lambda: self.train(resume), "test": self.test, "plot": self.plot,
+                 "summary": self.summary, "predict": self.predict}
         return tasks[self.config["task"]]()
 
     # ---- building and checking, before any data --------------------------------------------
 
     def check_fits(self, model):
         """The network takes the dataset's examples and gives one output per class."""
-        input_shape, num_classes = SHAPES[self.config["dataset"]]
+        input_shape, num_classes = self.info.input_shape, self.info.num_classes
         output = model.output_shapes(input_shape)[-1]
         if output != (num_classes,):
             raise ConfigError(f"network: the last layer gives {output} per example, but "
@@ -91,14 +94,15 @@ class Engine:
             return Model(model.layers[:-1], model.names[:-1]), SoftmaxCrossEntropyLoss(self.dtype)
         return model, loss_class(self.dtype)
 
-    def check_writable(self, path):
+    def check_writable(self, path, key="model_file"):
+        """ConfigError unless a file can be written at `path` (its folder is created)."""
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"model_file: cannot create folder {folder}: {err.strerror}") from None
+            raise ConfigError(f"{key}: cannot create folder {folder}: {err.strerror}") from None
         if os.path.isdir(path) or not os.access(folder, os.W_OK):
-            raise ConfigError(f"model_file: cannot write {path} (not a writable file path)")
+            raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -252,27 +256,121 @@ class Engine:
         net.train()
         return total / len(x), float((predictions == y).mean()), predictions
 
+    def history_path(self):
+        return os.path.splitext(self.config["model_file"])[0] + ".history.json"
+
     def save_history(self, history):
-        path = os.path.splitext(self.config["model_file"])[0] + ".history.json"
-        with atomic_write(path, "w") as f:
+        with atomic_write(self.history_path(), "w") as f:
             json.dump(history, f, indent=1)
 
-    # ---- testing -----------------------------------------------------------------------------
+    # ---- testing and looking ------------------------------------------------------------------
 
-    def test(self):
-        """Evaluates the saved model on the test set and prints the seed's three lines."""
+    def load_trained(self):
+        """The trained model from `model_file`, checked against the dataset, in eval mode."""
         model, saved = load_model(self.config["model_file"])
         if saved.get("dataset") != self.config["dataset"]:
-            self.log.warning(f"the model was trained on {saved.get('dataset')}, testing on {self.config['dataset']}")
+            self.log.warning(f"the model was trained on {saved.get('dataset')}, not {self.config['dataset']}")
         self.check_fits(model)
+        return model
+
+    def probabilities(self, model, x):
+        """Class probabilities of `model` (eval mode) for the examples x, in batches."""
+        net, _ = self.objective(model)
+        ends_in_softmax = net is model and isinstance(model.layers[-1], Softmax)
+        net.eval()
+        out = np.concatenate([net.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+        return out if ends_in_softmax else Softmax(self.dtype).forward(out)
+
+    def test(self):
+        """Evaluates the saved model on the test set: the seed's three lines, then per-class
+        accuracy and the confusion matrix."""
+        model = self.load_trained()
         data = self.load_data()
-        net, loss = self.objective(model)
-        _, accuracy, predictions = self.evaluate(net, loss, data["x_test"], data["y_test"])
-        errors, n = int((predictions != data["y_test"]).sum()), len(predictions)
+        y = data["y_test"]
+        predicted = self.probabilities(model, data["x_test"]).argmax(axis=1)
+        errors, n = int((predicted != y).sum()), len(y)
         self.log.result(f"Number of errors: {errors}/{n}")
         self.log.result(f"Error Rate: {100 * errors / n:.2f}%")
         self.log.result(f"Test accuracy: {100 * (n - errors) / n:.2f}%")
-        return accuracy
+        matrix = confusion_matrix(y, predicted, self.info.num_classes)
+        self.log.result(confusion_text(matrix, self.info.class_names))
+        return (n - errors) / n
+
+    def summary(self):
+        """Prints the network as a table, from the config alone (no data, no model file)."""
+        model = build_model(self.config["network"], self.dtype, self.rng, self.config["network_names"])
+        self.check_fits(model)
+        self.log.result(model.summary(self.info.input_shape))
+
+    def plot(self):
+        """Writes PNG pictures of the data and, with a trained model, of what it learned."""
+        import plots
+        c, info = self.config, self.info
+        show, folder, split, count = c["show"], c["plot_dir"], c["plot"]["split"], c["plot"]["count"]
+        self.check_writable(os.path.join(folder, "samples.png"), "plot_dir")
+        model = self.load_trained() if c["plot"]["model"] else None
+        data = self.load_data()
+        x, y = data[f"x_{split}"][:count], data[f"y_{split}"][:count]
+        paths = [plots.samples(x, y, info.class_names, info.image_shape, os.path.join(folder, "samples.png"),
+                               show, title=f"{c['dataset']} {split} samples")]
+        if model is not None:
+            probs = self.probabilities(model, data["x_test"])
+            matrix = confusion_matrix(data["y_test"], probs.argmax(axis=1), info.num_classes)
+            paths.append(plots.confusion(matrix, info.class_names, os.path.join(folder, "confusion.png"), show))
+            paths.append(plots.mistakes(data["x_test"], data["y_test"], probs, info.class_names, info.image_shape,
+                                        os.path.join(folder, "mistakes.png"), show=show))
+            first = next(layer for layer in model.layers if "weight" in layer.params)
+            paths.append(plots.first_layer(first.params["weight"], info.image_shape,
+                                           os.path.join(folder, "first_layer.png"), show=show))
+            history = self.history_path()
+            if os.path.exists(history):
+                with open(history, encoding="utf-8") as f:
+                    paths.append(plots.training_curves(json.load(f), os.path.join(folder, "curves.png"), show))
+        for path in paths:
+            self.log.result(f"wrote {path}")
+        if show:
+            plots.pyplot(show).show()
+        return paths
+
+    def predict(self):
+        """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`."""
+        c, names = self.config, self.info.class_names
+        if not c["input"]:
+            raise ConfigError("input: no images to predict (give them with --input FILE [FILE ...])")
+        model = self.load_trained()
+        images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
+        probs = self.probabilities(model, images.reshape(len(images), *self.info.input_shape).astype(self.dtype))
+        for path, image, p in zip(c["input"], images, probs):
+            top = np.argsort(-p)[:3]
+            others = ", ".join(f"{names[k]} {p[k]:.4f}" for k in top)
+            self.log.result(f"{path}: {names[top[0]]} {p[top[0]]:.4f} (top-3: {others})")
+            if c["save_prepared"]:
+                import plots
+                stem = os.path.splitext(os.path.basename(path))[0]
+                target = os.path.join(c["plot_dir"], f"{stem}.prepared.png")
+                self.check_writable(target, "plot_dir")
+                with atomic_write(target) as f:
+                    plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
+                self.log.result(f"wrote {target}")
+        return probs
+
+
+def confusion_matrix(y, predicted, num_classes):
+    """matrix[i, j] = how many examples of class i were predicted as class j."""
+    return np.bincount(y * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def confusion_text(matrix, class_names):
+    """Per-class accuracy, then the confusion matrix (rows true, columns predicted), as text."""
+    width = max(6, *map(len, class_names))
+    lines = ["", "Per-class accuracy:"]
+    for name, row, hits in zip(class_names, matrix, np.diag(matrix)):
+        lines.append(f"  {name:>{width}}: {100 * hits / max(row.sum(), 1):6.2f}%  ({hits}/{row.sum()})")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted class):",
+              " " * (width + 2) + "".join(f"{name[:width]:>{width + 1}}" for name in class_names)]
+    for name, row in zip(class_names, matrix):
+        lines.append(f"  {name:>{width}}" + "".join(f"{v:>{width + 1}}" for v in row))
+    return "\n".join(lines)
 
 
 def epoch_line(record, num_epochs):

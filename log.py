@@ -54,7 +54,7 @@ class Logger:
         otherwise printed as a plain line about four times per `total`."""
         if self.level < 2:
             return
-        line = f"{done}/{total} {text}".rstrip()
+        line = f"{done}/{total if total is not None else '?'} {text}".rstrip()
         now = time.monotonic()
         if self.stream.isatty():
             if now - self._last_draw >= 0.1 or done == total:

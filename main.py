@@ -5,6 +5,7 @@ Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 130 w
 (SIGINT or SIGTERM; training leaves a checkpoint for --resume), 1 for a bug.
 """
 import argparse
+import json
 import sys
 
 from config import TASKS, load_config
@@ -27,6 +28,12 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key; VALUE is JSON or else a string; dotted keys reach "
                              "nested objects, e.g. optimizer.momentum=0.8 (repeatable; default: none)")
+    parser.add_argument("--input", nargs="+", metavar="FILE", default=None,
+                        help="predict: PNG, JPEG or .npy images to classify (default: the config's \"input\", none)")
+    parser.add_argument("--save-prepared", action="store_true",
+                        help="predict: also write the 28x28 image fed to the network into plot_dir (default: off)")
+    parser.add_argument("--show", action="store_true",
+                        help="plot: also open the figures in a window when there is a display (default: off)")
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the checkpoint an interrupted run left beside "
                              "model_file (default: start afresh)")
@@ -42,7 +49,11 @@ def main(argv=None):
     log = None
     try:
         args = parse_args(argv)
-        config = load_config(args.config, args.overrides, args.task)
+        overrides = args.overrides + [f"{key}={value}" for key, value in (
+            ("input", json.dumps(args.input) if args.input else None),
+            ("save_prepared", "true" if args.save_prepared else None),
+            ("show", "true" if args.show else None)) if value is not None]
+        config = load_config(args.config, overrides, args.task)
         config["log_level"] = min(3, max(0, config["log_level"] + args.verbose - args.quiet))
         try:
             log = Logger(config["log_level"], config["log_file"])

@@ -71,16 +71,22 @@ class Model(NNModule):
         return shapes
 
     def summary(self, input_shape):
-        """A "Layer (type) | Output Shape | Param #" table with the total parameter count."""
+        """A table of the layers (hyperparameters, output shape, parameters, multiply-adds per
+        example) with totals, from one zero sample; no data is needed."""
         shapes = self.output_shapes(input_shape)
-        rows = [(f"({i}) {layer!r}", str(shape), f"{sum(p.size for p in layer.params.values()):,}")
-                for i, (layer, shape) in enumerate(zip(self.layers, shapes))]
-        header = ("Layer (type)", "Output Shape", "Param #")
-        widths = [max(len(r[c]) for r in rows + [header]) for c in range(3)]
-        line = lambda r: " | ".join(f"{v:<{w}}" for v, w in zip(r, widths))
+        rows = [(str(i), repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}",
+                 f"{layer.multiply_adds(shape):,}") for i, (layer, shape) in enumerate(zip(self.layers, shapes))]
+        header = ("#", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
+        widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
+        line = lambda r: " | ".join(f"{v:<{w}}" if c < 3 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         total = sum(p.size for p in self.params.values())
-        return "\n".join([line(header), rule, *map(line, rows), rule, f"Total params: {total:,}"])
+        macs = sum(layer.multiply_adds(shape) for layer, shape in zip(self.layers, shapes))
+        return "\n".join([f"Input shape: {tuple(input_shape)}", line(header), rule, *map(line, rows), rule,
+                          f"Total params: {total:,}", f"Total mult-adds per example: {macs:,}"])
+
+    def multiply_adds_per_example(self, input_shape):
+        return sum(layer.multiply_adds(shape) for layer, shape in zip(self.layers, self.output_shapes(input_shape)))
 
 
 def build_model(network, dtype=np.float32, rng=None, names=None):

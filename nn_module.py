@@ -122,6 +122,10 @@ class NNModule:
     def eval(self):
         return self.train(False)
 
+    def multiply_adds(self, y_shape):
+        """Multiply-adds of one example's forward pass, given its output shape (for summaries)."""
+        return 0
+
     def extra_repr(self):
         return ""
 
@@ -160,6 +164,9 @@ class Linear(NNModule):
         np.matmul(self.x.T, grad_y, out=self.grads["weight"])    # dL/dW = x.T @ dL/dy
         np.sum(grad_y, axis=0, out=self.grads["bias"])           # dL/db = sum over the batch
         return grad_y @ self.params["weight"].T                  # dL/dx = dL/dy @ W.T
+
+    def multiply_adds(self, y_shape):
+        return self.n_in * self.n_out
 
     def extra_repr(self):
         return f"n_in={self.n_in}, n_out={self.n_out}"
@@ -338,6 +345,9 @@ class Conv2D(NNModule):
         grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = W.T @ dy
         grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
         return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)
+
+    def multiply_adds(self, y_shape):                # every output value is a C*k*k dot product
+        return int(np.prod(y_shape)) * self.in_channels * self.kernel_size ** 2
 
     def extra_repr(self):
         return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "

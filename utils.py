@@ -30,6 +30,7 @@ def atomic_write(path, mode="wb"):
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes it private; give it a normal file's mode
         with open(fd, mode) as f:
             yield f
             f.flush()
@@ -48,6 +49,12 @@ def write_pickle(path, payload, what="model file"):
             pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
     except OSError as err:
         raise ModelFileError(f"cannot write {what} {path}: {err.strerror or err}") from None
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_model(path, model, config, extra=None):

@@ -1,0 +1,120 @@
+"""The summary, plot and predict tasks, and the test report, through main.py."""
+import numpy as np
+import pytest
+
+from main import main
+from test_cli import SMALL_NET, run_error, write_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_data_dir):
+    """A small MLP trained for 2 epochs on 10,000 real MNIST images; returns its config path."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = write_config(folder, data_dir=str(mnist_data_dir), train_size=10000, valid_size=1000,
+                          num_epochs=2, log_level=0, optimizer={"name": "momentum"}, lr=0.05)
+    assert main([config]) == 0
+    return config
+
+
+def png_pixels(path):
+    import matplotlib.image
+    return matplotlib.image.imread(str(path))
+
+
+def test_summary_counts_parameters_without_data(tmp_path, capsys):
+    network = [{"class": "Linear", "n_in": 784, "n_out": 200}, {"class": "Tanh"},
+               {"class": "Linear", "n_in": 200, "n_out": 10}]
+    assert main([write_config(tmp_path, network=network), "--task", "summary"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 159,010" in out and "Total mult-adds per example: 158,800" in out
+    assert "Linear(n_in=784, n_out=200)" in out and "157,000" in out
+    assert not (tmp_path / "data").exists()
+
+
+def test_test_report_adds_per_class_accuracy_and_confusion(trained, capsys):
+    assert main([trained, "--task", "test"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    errors = int(out[0].split()[-1].split("/")[0])
+    assert "Per-class accuracy:" in out and any(line.startswith("Confusion matrix") for line in out)
+    rows = [line.split() for line in out[out.index("Confusion matrix (rows: true class, columns: predicted class):")
+                                          + 2:]]
+    matrix = np.array([[int(v) for v in row[1:]] for row in rows])
+    assert matrix.shape == (10, 10) and matrix.sum() == 10000
+    assert matrix.sum() - np.trace(matrix) == errors
+    assert matrix.sum(axis=1).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_plot_writes_pictures_that_are_not_blank(trained, tmp_path, capsys):
+    plot_dir = tmp_path / "plots"
+    assert main([trained, "--task", "plot", "--set", f"plot_dir={plot_dir}", "--set", "plot.count=20"]) == 0
+    expected = {"samples.png": None, "confusion.png": (600, 700), "mistakes.png": None,
+                "first_layer.png": None, "curves.png": (400, 1000)}
+    out = capsys.readouterr().out
+    for name, size in expected.items():
+        path = plot_dir / name
+        assert f"wrote {path}" in out
+        pixels = png_pixels(path)
+        if size:
+            assert pixels.shape[:2] == size
+        assert min(pixels.shape[:2]) >= 100
+        assert pixels[..., :3].var() > 1e-3, name                    # not a blank picture
+
+
+def test_plot_without_a_model_is_an_error_unless_asked_for_data_only(tmp_path, capsys, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), log_level=0)
+    message = run_error(capsys, [config, "--task", "plot"])
+    assert "cannot read model file" in message and "train first" in message
+    assert main([config, "--task", "plot", "--set", "plot.model=false", "--set", "plot.split=test"]) == 0
+    assert png_pixels(tmp_path / "model_plots" / "samples.png")[..., :3].var() > 1e-3
+
+
+def test_plot_dir_that_cannot_be_written(trained, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "plot_dir: cannot create folder" in run_error(capsys, [trained, "--task", "plot", "--set",
+                                                                  f"plot_dir={blocker}/plots"])
+
+
+@pytest.mark.parametrize("polarity", ["dark_on_light", "light_on_dark"])
+def test_predict_a_real_test_digit_from_png(trained, tmp_path, capsys, mnist, polarity):
+    import matplotlib.pyplot as plt
+    paths, labels = [], []
+    for i in range(8):
+        digit = np.kron(mnist["x_test"][i].reshape(28, 28), np.ones((3, 3)))     # 84x84, as if drawn larger
+        image = 1 - digit if polarity == "dark_on_light" else np.pad(digit, 10)
+        path = tmp_path / f"digit{i}.png"
+        plt.imsave(path, image, cmap="gray", vmin=0, vmax=1)
+        paths.append(str(path))
+        labels.append(str(mnist["y_test"][i]))
+    assert main([trained, "--task", "predict", "--input", *paths, "--save-prepared",
+                 "--set", f"plot_dir={tmp_path / 'prepared'}"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("wrote")]
+    predicted = [line.split(": ")[1].split()[0] for line in lines]
+    assert [line.split(": ")[0] for line in lines] == paths
+    assert predicted == labels
+    prepared = png_pixels(tmp_path / "prepared" / "digit0.prepared.png")
+    assert prepared.shape[:2] == (28, 28)
+
+
+def test_predict_npy(trained, tmp_path, capsys, mnist):
+    np.save(tmp_path / "digit.npy", mnist["x_test"][0])                          # 784 values
+    np.save(tmp_path / "digit2d.npy", (mnist["x_test"][1].reshape(28, 28) * 255).astype(np.uint8))
+    assert main([trained, "--task", "predict", "--input", str(tmp_path / "digit.npy"),
+                 str(tmp_path / "digit2d.npy")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{tmp_path / 'digit.npy'}: {mnist['y_test'][0]} ")
+    assert out[1].startswith(f"{tmp_path / 'digit2d.npy'}: {mnist['y_test'][1]} ")
+
+
+def test_predict_bad_input(trained, tmp_path, capsys):
+    (tmp_path / "text.png").write_text("not an image")
+    np.save(tmp_path / "cube.npy", np.zeros((3, 5, 7)))
+    np.save(tmp_path / "blank.npy", np.zeros((28, 28)))
+    cases = {str(tmp_path / "missing.png"): "no such file",
+             str(tmp_path / "text.png"): "cannot read it as an image",
+             str(tmp_path / "cube.npy"): "expected a 2-D grayscale image, an RGB(A) image or 784 values, got "
+                                         "shape (3, 5, 7)",
+             str(tmp_path / "blank.npy"): "no digit found"}
+    for path, message in cases.items():
+        assert message in run_error(capsys, [trained, "--task", "predict", "--input", path])
+    assert "no images to predict" in run_error(capsys, [trained, "--task", "predict"])
