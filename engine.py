@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from datasets import DATASETS, INFO
+from datasets import dataset_info, load_dataset
 from datasets.prepare import prepare_image
 from errors import ConfigError, DataError
 from model import Model, build_model
@@ -67,7 +67,7 @@ class Engine:
         self.config, self.log = config, log
         self.dtype = np.dtype(config["dtype"])
         self.rng = np.random.default_rng(config["seed"])
-        self.info = INFO[config["dataset"]]
+        self.info = dataset_info(config)
 
     def run(self, resume=False):
         if resume and self.config["task"] != "train":
@@ -107,7 +107,7 @@ class Engine:
     # ---- data --------------------------------------------------------------------------------
 
     def load_data(self):
-        data = DATASETS[self.config["dataset"]](self.config["data_dir"], log=self.log)
+        data = load_dataset(self.config, log=self.log)
         for key in ("x_train", "x_test"):
             data[key] = data[key].astype(self.dtype, copy=False)
         return data
