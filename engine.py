@@ -131,7 +131,7 @@ class Engine:
         `resume=True` continues from it, giving the weights an uninterrupted run would have.
         """
         c = self.config
-        model = build_model(c["network"], self.dtype, self.rng, c["network_names"])
+        model = build_model(c["network"], self.dtype, self.rng, c["network_names"]).skip_input_grad()
         self.check_fits(model)
         self.check_writable(c["model_file"])
         optimizer_args = {k: v for k, v in c["optimizer"].items() if k != "name"}

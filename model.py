@@ -37,7 +37,17 @@ class Model(NNModule):
     def backward(self, grad_y):
         for layer in reversed(self.layers):
             grad_y = layer.backward(grad_y)
+            if grad_y is None:           # a layer reading the data needs no dL/dx, nor do those before it
+                return None
         return grad_y
+
+    def skip_input_grad(self):
+        """Lets the layers up to the first one with parameters skip dL/dx: the input is data."""
+        for layer in self.layers:
+            layer.needs_grad_x = False
+            if layer.params:
+                break
+        return self
 
     def train(self, mode=True):
         super().train(mode)

@@ -98,11 +98,16 @@ def init_weight(shape, fan_in, fan_out, init, std, rng, dtype):
 # ---- the contract ----------------------------------------------------------------------------
 
 class NNModule:
-    """Base class. forward(x) -> y; backward(grad_y) -> grad_x; params/grads share keys."""
+    """Base class. forward(x) -> y; backward(grad_y) -> grad_x; params/grads share keys.
+
+    `needs_grad_x = False` lets a layer whose input is the data skip computing dL/dx (a third
+    of a first Linear layer's work) and return None; the trainer sets it, tests never do.
+    """
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)
         self.params, self.grads, self.state, self.training = {}, {}, {}, True
+        self.needs_grad_x = True
 
     def add_param(self, name, value):
         """Registers a parameter and its gradient buffer (same shape and dtype)."""
@@ -158,11 +163,15 @@ class Linear(NNModule):
         if x.ndim != 2 or x.shape[1] != self.n_in:
             raise ValueError(f"expected (N, {self.n_in}) inputs, got (N, {', '.join(map(str, x.shape[1:]))})")
         self.x = x
-        return x @ self.params["weight"] + self.params["bias"]
+        y = x @ self.params["weight"]
+        y += self.params["bias"]
+        return y
 
     def backward(self, grad_y):
         np.matmul(self.x.T, grad_y, out=self.grads["weight"])    # dL/dW = x.T @ dL/dy
         np.sum(grad_y, axis=0, out=self.grads["bias"])           # dL/db = sum over the batch
+        if not self.needs_grad_x:
+            return None
         return grad_y @ self.params["weight"].T                  # dL/dx = dL/dy @ W.T
 
     def multiply_adds(self, y_shape):
@@ -182,7 +191,7 @@ class ReLU(NNModule):
 
     def forward(self, x):
         self.mask = x > 0
-        return x * self.mask
+        return np.maximum(x, 0)
 
     def backward(self, grad_y):
         return grad_y * self.mask        # dy/dx is 1 where x > 0, else 0
@@ -342,6 +351,8 @@ class Conv2D(NNModule):
         grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
         np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, -1))   # dL/dW = dy @ cols.T
         np.sum(grad_rows, axis=1, out=self.grads["bias"])
+        if not self.needs_grad_x:
+            return None
         grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = W.T @ dy
         grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
         return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)

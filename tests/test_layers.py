@@ -197,3 +197,18 @@ def test_every_layer_is_registered_under_its_own_name():
     assert all(cls.__name__ == name for name, cls in LAYERS.items())
     with pytest.raises(ValueError, match="did you mean 'Linear'"):
         get_module("Lineer")
+
+
+def test_skipping_the_input_gradient_keeps_every_parameter_gradient():
+    network = [{"class": "Reshape", "shape": [1, 6, 6]},
+               {"class": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3},
+               {"class": "Flatten"}, {"class": "Linear", "n_in": 32, "n_out": 3}]
+    rng = np.random.default_rng(6)
+    x, g = rng.normal(size=(4, 36)), rng.normal(size=(4, 3))
+    full, skip = (build_model(network, np.float64, np.random.default_rng(0)) for _ in range(2))
+    skip.skip_input_grad()
+    full.forward(x), skip.forward(x)
+    assert full.backward(g).shape == x.shape and skip.backward(g) is None
+    assert [layer.needs_grad_x for layer in skip.layers] == [False, False, True, True]
+    for name in full.grads:
+        np.testing.assert_array_equal(full.grads[name], skip.grads[name])
