@@ -17,7 +17,7 @@ import math
 import numbers
 import os
 
-from datasets import DATASETS
+from datasets import BROKEN, DATASETS
 from errors import ConfigError
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
@@ -26,7 +26,8 @@ TASKS = ("train", "test", "plot", "summary", "predict")
 
 DEFAULTS = {
     "task": "train",            # train | test | plot | summary | predict
-    "dataset": "mnist",
+    "dataset": "mnist",         # a name in datasets.DATASETS: mnist, fashion_mnist, npz, csv or your own
+    "dataset_args": {},         # the dataset's arguments, e.g. {"path": "my_data.npz"} for npz
     "data_dir": "data",         # where downloaded data is cached
     "model_file": None,         # None: models/<config file name>.pkl
     "log_file": None,           # None: log to the terminal only
@@ -53,7 +54,9 @@ DEFAULTS = {
     "show": False,              # plot: also open the figures in a window when there is a display
     "input": [],                # predict: image files (PNG, JPEG or .npy)
     "save_prepared": False,     # predict: write the 28x28 image fed to the network into plot_dir
+    "augment": None,            # None: off; {"shift": pixels, "rotate": degrees, "scale": fraction}
 }
+AUGMENT_DEFAULTS = {"shift": 0, "rotate": 0, "scale": 0}   # a key missing from "augment"
 
 
 
@@ -114,15 +117,16 @@ def _strings():
     return check
 
 
-def _object(checks):
-    """An object whose keys are checked by `checks` and missing ones filled from its default."""
+def _object(checks, defaults=None):
+    """An object whose keys are checked by `checks` and missing ones filled from `defaults`
+    (None: the key's DEFAULTS)."""
     def check(key, value):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected an object, got {_describe(value)}")
         for name in value:
             if name not in checks:
                 raise ConfigError(f"{key}.{name}: unknown key{_closest(name, checks)} (keys: {', '.join(checks)})")
-        filled = {**DEFAULTS[key], **value}
+        filled = {**(DEFAULTS[key] if defaults is None else defaults), **value}
         return {name: checks[name](f"{key}.{name}", filled[name]) for name in checks}
     return check
 
@@ -137,7 +141,6 @@ def _string():
 
 CHECKS = {
     "task": _choice(TASKS),
-    "dataset": _choice(sorted(DATASETS)),
     "data_dir": _string(),
     "model_file": _optional(_string()),
     "log_file": _optional(_string()),
@@ -162,6 +165,8 @@ CHECKS = {
     "show": _boolean(),
     "input": _strings(),
     "save_prepared": _boolean(),
+    "augment": _optional(_object({"shift": _integer(0), "rotate": _number(0, 180), "scale": _number(0, 0.5)},
+                                 AUGMENT_DEFAULTS)),
 }
 
 
@@ -278,6 +283,22 @@ def check_optimizer(optimizer, lr):
     return optimizer
 
 
+def check_dataset(name, arguments, data_dir):
+    """The dataset's name against the registry, and its arguments against its class: names by
+    the signature, values by constructing it (which reads no data)."""
+    if not isinstance(name, str) or name not in DATASETS:
+        broken = "".join(f"; {reason}" for reason in BROKEN.values())
+        raise ConfigError(f"dataset: unknown {_describe(name)}{_closest(name, DATASETS)} "
+                          f"(choices: {', '.join(sorted(DATASETS))}){broken}")
+    if not isinstance(arguments, dict):
+        raise ConfigError(f"dataset_args: expected an object of the dataset's arguments, got {_describe(arguments)}")
+    check_arguments("dataset_args", DATASETS[name], arguments, ("data_dir",))
+    try:
+        DATASETS[name](data_dir=data_dir, **arguments)
+    except ValueError as err:
+        raise ConfigError(f"dataset_args.{err}") from None
+
+
 def validate(raw, path="config.json"):
     """A complete, checked config from the raw JSON object (see the module docstring)."""
     for key in raw:
@@ -286,6 +307,7 @@ def validate(raw, path="config.json"):
     config = {**copy.deepcopy(DEFAULTS), **raw}
     for key, check in CHECKS.items():
         config[key] = check(key, config[key])
+    check_dataset(config["dataset"], config["dataset_args"], config["data_dir"])
     if config["network"] is None:
         raise ConfigError("network: missing (a list of layers, e.g. [{\"class\": \"Linear\", \"n_in\": 784, "
                           "\"n_out\": 10}])")

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from datasets import dataset_info, load_dataset
+from datasets import load_dataset, make_dataset
+from datasets.augment import random_affine
 from datasets.prepare import prepare_image
 from errors import ConfigError, DataError
 from model import Model, build_model
@@ -67,7 +68,8 @@ class Engine:
         self.config, self.log = config, log
         self.dtype = np.dtype(config["dtype"])
         self.rng = np.random.default_rng(config["seed"])
-        self.info = dataset_info(config)
+        self.dataset = make_dataset(config)
+        self.info = self.dataset.info()
 
     def run(self, resume=False):
         if resume and self.config["task"] != "train":
@@ -107,7 +109,7 @@ class Engine:
     # ---- data --------------------------------------------------------------------------------
 
     def load_data(self):
-        data = load_dataset(self.config, log=self.log)
+        data = load_dataset(self.dataset, log=self.log)
         for key in ("x_train", "x_test"):
             data[key] = data[key].astype(self.dtype, copy=False)
         return data
@@ -192,6 +194,8 @@ class Engine:
             b = progress["batch"]
             index = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[index], y[index]
+            if self.config["augment"]:                         # training batches only
+                xb = random_affine(xb, self.info.image_shape, self.rng, **self.config["augment"])
             with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
                 out = net.forward(xb)
                 value = loss.forward(out, yb)
@@ -337,6 +341,9 @@ class Engine:
         c, names = self.config, self.info.class_names
         if not c["input"]:
             raise ConfigError("input: no images to predict (give them with --input FILE [FILE ...])")
+        if int(np.prod(self.info.input_shape)) != 28 * 28:
+            raise ConfigError(f"dataset: predict prepares 28x28 images, but {c['dataset']} has examples "
+                              f"of shape {self.info.input_shape}")
         model = self.load_trained()
         images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
         probs = self.probabilities(model, images.reshape(len(images), *self.info.input_shape).astype(self.dtype))

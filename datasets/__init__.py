@@ -1,22 +1,108 @@
-"""Datasets by config name.
+"""Datasets by config name: the `Dataset` base class, its registry, and the checks on what it loads.
 
-`dataset_info(config)` tells what can be known before loading anything: the shape of one
-example as the network receives it, the number of classes, the shape to draw an example in,
-and the class names; the engine checks the network against it before any download.
-`load_dataset(config, log)` returns the arrays described in datasets/mnist.py.
+A dataset is a subclass of `Dataset` registered with `@register_dataset` under the name the
+config's "dataset" key uses; the config's "dataset_args" are its constructor's arguments.
+Every module in this folder is imported when the package is, so a new dataset is one file
+under datasets/ (see README.md, "Your own dataset"). A file that fails to import does not stop
+runs that use other datasets: its error is kept in BROKEN and shown when its dataset is asked for.
+
+The engine calls `make_dataset(config)`, then `info()` before any data is read (the network is
+checked against it) and `load_dataset(dataset, log)` to get the arrays, checked here.
 """
+import importlib
+import pkgutil
 from collections import namedtuple
 
-from datasets.mnist import CLASS_NAMES, load_mnist
+import numpy as np
 
+from errors import DataError
+
+# input_shape: one example as the network receives it, e.g. (784,); image_shape: (H, W) to draw
+# and augment it in; class_names: one string per class, indexed by label.
 Info = namedtuple("Info", "input_shape num_classes image_shape class_names")
 
-DATASETS = {"mnist": (Info((784,), 10, (28, 28), CLASS_NAMES), load_mnist)}
+DATASETS = {}   # config name -> Dataset subclass
+BROKEN = {}     # module file name -> why it could not be imported
 
 
-def dataset_info(config):
-    return DATASETS[config["dataset"]][0]
+class Dataset:
+    """Base class of a dataset. A subclass sets `name` and implements `info` and `load`.
+
+    Args:
+        data_dir: the config's "data_dir", a folder for downloads and caches.
+        Further keyword arguments of a subclass's __init__ are the config's "dataset_args";
+        the config checks their names against the signature before anything is loaded.
+        __init__ should only check and store them (raise ValueError("path: expected ...")),
+        never read files.
+    """
+    name = None     # the config's "dataset" value
+
+    def __init__(self, data_dir="data"):
+        self.data_dir = data_dir
+
+    def info(self):
+        """An Info. Called before `load`; read no more than needed to know it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement info()")
+
+    def load(self, log=None):
+        """The arrays, as a dict:
+            "x_train" (N, D) float32 in [0, 1], one example per row (D = prod(input_shape)),
+            "y_train" (N,) int64 in [0, num_classes), "x_test" (M, D) and "y_test" (M,) likewise.
+        `log` is None or has info/warning/debug(msg); a DataError tells the user what is wrong.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement load()")
 
 
-def load_dataset(config, log=None):
-    return DATASETS[config["dataset"]][1](config["data_dir"], log=log)
+def register_dataset(cls):
+    """Class decorator: makes `cls` available as the config's "dataset": cls.name."""
+    if not (isinstance(cls, type) and issubclass(cls, Dataset)):
+        raise TypeError(f"register_dataset: {cls!r} is not a subclass of Dataset")
+    if not isinstance(cls.name, str) or not cls.name:
+        raise TypeError(f"register_dataset: {cls.__name__}.name must be a non-empty string")
+    if cls.name in DATASETS:
+        raise ValueError(f"register_dataset: the name {cls.name!r} is taken by {DATASETS[cls.name].__name__}")
+    DATASETS[cls.name] = cls
+    return cls
+
+
+def discover():
+    """Imports every module of this package not imported yet, so that its datasets register.
+    A module that fails is recorded in BROKEN (file name -> reason) instead of raising."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in BROKEN:
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{module.name}")
+        except Exception as err:        # a user's file can fail in any way; the others still work
+            where = f" line {err.lineno}" if isinstance(err, SyntaxError) else ""
+            BROKEN[module.name] = f"datasets/{module.name}.py{where}: {type(err).__name__}: {err}"
+
+
+def make_dataset(config):
+    """The Dataset instance named by a validated config."""
+    return DATASETS[config["dataset"]](data_dir=config["data_dir"], **config["dataset_args"])
+
+
+def load_dataset(dataset, log=None):
+    """dataset.load(log), checked against dataset.info(): shapes, types, value and label ranges."""
+    data, info = dataset.load(log), dataset.info()
+    size = int(np.prod(info.input_shape))
+    for split in ("train", "test"):
+        x, y = data[f"x_{split}"], data[f"y_{split}"]
+        where = f"{dataset.name} {split} set"
+        if len(x) == 0:
+            raise DataError(f"{where}: no examples")
+        if x.ndim != 2 or x.shape[1] != size or y.shape != (len(x),):
+            raise DataError(f"{where}: expected x of shape (N, {size}) and y of shape (N,), "
+                            f"got {x.shape} and {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= info.num_classes:
+            raise DataError(f"{where}: expected integer labels in [0, {info.num_classes - 1}], "
+                            f"got {y.dtype} in [{y.min()}, {y.max()}]")
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise DataError(f"{where}: expected finite values in [0, 1], got [{x.min()}, {x.max()}]")
+        data[f"y_{split}"] = y.astype(np.int64, copy=False)
+    return data
+
+
+from datasets import files, mnist  # noqa: E402  the built-in datasets; an error in them is a bug
+discover()

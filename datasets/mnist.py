@@ -1,9 +1,13 @@
-"""MNIST: download the four IDX files from mirrors, verify and cache them, parse them into arrays.
+"""MNIST and Fashion-MNIST: find or download the four IDX files, verify and cache them, parse them.
 
 What this file is: `load_mnist(data_dir)` returns the 60,000 training and 10,000 test digits as
 numpy arrays. The first call downloads `<name>.gz` for each of FILES into `data_dir`; later
 calls use those files without touching the network. `read_idx` parses one gzip-compressed IDX
 file (format: http://yann.lecun.com/exdb/mnist/, bottom of the page).
+`load_fashion_mnist(data_dir)` does the same for Zalando's Fashion-MNIST (same file names and
+format, other content), looking first in FASHION_SYSTEM_DIR, where Debian's package
+dataset-fashion-mnist installs the files; that folder is only read, never written.
+Both share `load_idx_dataset`; the classes MNIST and FashionMNIST register them as datasets.
 
 What it is not: no batching, shuffling, augmentation or validation split (the caller does
 those), and no printing. Messages go to the optional `log` object: `info`, `warning`, `debug`
@@ -12,10 +16,12 @@ and, if it has one, `progress(done_bytes, total_bytes_or_None, label)`.
 Conventions a reader might misread:
 - SHA256 holds digests of the *decompressed* files. Mirrors wrap the same content in
   different gzip streams, so digests of the .gz files would differ between mirrors.
-- After a file is verified, `<name>.gz.sha256` records "digest size mtime_ns". While the .gz
+- After a file in data_dir is verified, `<name>.gz.sha256` records "digest size mtime_ns". While the .gz
   keeps that size and mtime it is not hashed again, which keeps a cached load under a second.
 - A download goes to a temporary file beside the target and is renamed into place only after
   its content digest matches, so a cached file is either complete or absent.
+- MNIST and Fashion-MNIST files have the same names, so Fashion-MNIST is cached in
+  `<data_dir>/fashion-mnist/`.
 """
 import gzip
 import hashlib
@@ -31,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from datasets import Dataset, Info, register_dataset
 from errors import DataError
 
 FILES = {
@@ -53,6 +60,17 @@ MIRRORS = [
 ]
 CLASS_NAMES = [str(digit) for digit in range(10)]
 
+FASHION_SHA256 = {  # of the decompressed content, like SHA256
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+}
+FASHION_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"    # `dpkg -L dataset-fashion-mnist`
+FASHION_CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
 TIMEOUT_S = 30           # per blocking network operation (connect, each read), not per file
 CHUNK_BYTES = 1 << 20
 PROGRESS_EVERY_S = 0.25  # at most four progress calls a second
@@ -71,10 +89,10 @@ class _SilentLog:
     def debug(self, msg): pass
 
 
-def mirror_list():
-    """Base URLs in the order they are tried: $NNFS_MIRROR first when set, then MIRRORS."""
-    own = os.environ.get("NNFS_MIRROR", "").strip()
-    return ([_base_url(own)] if own else []) + list(MIRRORS)
+def mirror_list(variable="NNFS_MIRROR", mirrors=None):
+    """Base URLs in the order they are tried: $variable first when set, then `mirrors` (None: MIRRORS)."""
+    own = os.environ.get(variable, "").strip()
+    return ([_base_url(own)] if own else []) + list(MIRRORS if mirrors is None else mirrors)
 
 
 def _base_url(mirror):
@@ -97,14 +115,58 @@ def load_mnist(data_dir, mirrors=None, log=None):
         "x_test" (10000, 784) float32, "y_test" (10000,) int64 and "class_names" (CLASS_NAMES).
         Each row of x is one 28x28 image flattened row by row (pixel (r, c) at r * 28 + c).
     """
+    hint = (f"download the four MNIST .gz files by hand into {Path(data_dir).expanduser()} "
+            f"or set NNFS_MIRROR to a folder or URL that has them")
+    return load_idx_dataset(data_dir, SHA256, mirror_list() if mirrors is None else mirrors,
+                            CLASS_NAMES, log, hint)
+
+
+def load_fashion_mnist(data_dir, mirrors=None, log=None, system_dir=FASHION_SYSTEM_DIR):
+    """Return Fashion-MNIST as arrays, like load_mnist; each file comes from `system_dir` if it
+    is there and verifies, else from the cache in `data_dir`, else from a mirror into `data_dir`.
+    mirrors None: $NNFS_FASHION_MIRROR when set, then FASHION_MIRRORS.
+    """
+    hint = (f"install the Debian package dataset-fashion-mnist, or put the four Fashion-MNIST .gz "
+            f"files into {Path(data_dir).expanduser()}, or set NNFS_FASHION_MIRROR to a folder or URL "
+            f"that has them")
+    mirrors = mirror_list("NNFS_FASHION_MIRROR", FASHION_MIRRORS) if mirrors is None else mirrors
+    return load_idx_dataset(data_dir, FASHION_SHA256, mirrors, FASHION_CLASS_NAMES, log, hint, system_dir)
+
+
+def load_idx_dataset(data_dir, sha256, mirrors, class_names, log=None, hint="", system_dir=None):
+    """The four FILES, verified against `sha256` (name -> digest), parsed into arrays.
+
+    Each file is taken from `system_dir` (read-only) when given and its copy verifies, else
+    from data_dir or `mirrors` as load_mnist describes; `hint` ends the error when all fail.
+    Returns the dict load_mnist describes, with `class_names` (one per label value).
+    """
     log = _SilentLog() if log is None else log
     data_dir = _prepare_dir(data_dir)
-    mirrors = [_base_url(m) for m in (mirror_list() if mirrors is None else mirrors)]
-    paths = {key: _fetch(name, data_dir, mirrors, log) for key, name in FILES.items()}
-    x_train, y_train = _images_and_labels(paths["train_images"], paths["train_labels"])
-    x_test, y_test = _images_and_labels(paths["test_images"], paths["test_labels"])
+    mirrors = [_base_url(m) for m in mirrors]
+    paths = {key: _system_file(name, sha256[name], system_dir, log) or
+             _fetch(name, sha256[name], data_dir, mirrors, log, hint) for key, name in FILES.items()}
+    k = len(class_names)
+    x_train, y_train = _images_and_labels(paths["train_images"], paths["train_labels"], k)
+    x_test, y_test = _images_and_labels(paths["test_images"], paths["test_labels"], k)
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-            "class_names": list(CLASS_NAMES)}
+            "class_names": list(class_names)}
+
+
+def _system_file(name, digest, system_dir, log):
+    """`<system_dir>/<name>.gz` if it exists and has the right content, else None (with a warning
+    when it exists but is wrong). Nothing is written there: the content is hashed on every load."""
+    path = Path(system_dir) / f"{name}.gz" if system_dir else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        ok = _sha256_of_gz(path) == digest
+    except _GZIP_ERRORS:
+        ok = False
+    if not ok:
+        log.warning(f"{path}: its content does not match the SHA-256; using data_dir instead")
+        return None
+    log.debug(f"{path.name} verified in {system_dir}")
+    return path
 
 
 def _prepare_dir(data_dir):
@@ -121,32 +183,30 @@ def _prepare_dir(data_dir):
     return path
 
 
-def _fetch(name, data_dir, mirrors, log):
+def _fetch(name, digest, data_dir, mirrors, log, hint):
     """Path of a verified `<name>.gz` in data_dir: the cached one, or one fetched from a mirror."""
     path = data_dir / f"{name}.gz"
-    if path.exists() and _cached_file_ok(path, name, log):
+    if path.exists() and _cached_file_ok(path, digest, log):
         return path
     tmp, failures = _open_temp(path), []
     try:
         for base in mirrors:
             try:
-                _download_into(tmp, base, name, log)
+                _download_into(tmp, base, name, digest, log)
             except _MIRROR_ERRORS as exc:
                 log.warning(f"mirror {base} failed for {path.name}: {_reason(exc)}")
                 failures.append(f"{base}: {_reason(exc)}")
                 continue
             os.chmod(tmp.name, 0o644)  # temp files are created private (0o600); this is public data
             os.replace(tmp.name, path)
-            _write_marker(path, name, log)
+            _write_marker(path, digest, log)
             log.info(f"{path.name} verified")
             return path
     finally:
         tmp.close()
         if os.path.exists(tmp.name):  # every mirror failed: leave no partial download behind
             os.unlink(tmp.name)
-    raise DataError(f"could not get {path.name} from any mirror ({'; '.join(failures) or 'none given'}); "
-                    f"download the four MNIST .gz files by hand into {data_dir} "
-                    f"or set NNFS_MIRROR to a folder or URL that has them")
+    raise DataError(f"could not get {path.name} from any mirror ({'; '.join(failures) or 'none given'}); {hint}")
 
 
 def _open_temp(path):
@@ -159,7 +219,7 @@ def _open_temp(path):
                         f"make the folder writable or choose another data_dir") from exc
 
 
-def _download_into(out, base, name, log):
+def _download_into(out, base, name, expected, log):
     """Replace the content of the open file `out` with `<base><name>.gz`; check its digest."""
     filename = f"{name}.gz"
     log.info(f"downloading {filename} from {base}")
@@ -170,8 +230,8 @@ def _download_into(out, base, name, log):
     out.flush()
     os.fsync(out.fileno())
     digest = _sha256_of_gz(out.name)
-    if digest != SHA256[name]:
-        raise DataError(f"wrong content (SHA-256 {digest[:12]}..., expected {SHA256[name][:12]}...)")
+    if digest != expected:
+        raise DataError(f"wrong content (SHA-256 {digest[:12]}..., expected {expected[:12]}...)")
 
 
 def _copy_with_progress(response, out, label, log):
@@ -192,17 +252,17 @@ def _copy_with_progress(response, out, label, log):
         raise DataError(f"got {done} bytes of {total} (connection cut short)")
 
 
-def _cached_file_ok(path, name, log):
-    """True if the cached .gz has the right content; a wrong one is deleted, with a warning."""
-    if _marker_matches(path, name):
+def _cached_file_ok(path, digest, log):
+    """True if the cached .gz has the content of SHA-256 `digest`; a wrong one is deleted, with a warning."""
+    if _marker_matches(path, digest):
         log.debug(f"{path.name} verified earlier (marker matches its size and mtime)")
         return True
     try:
-        ok = _sha256_of_gz(path) == SHA256[name]
+        ok = _sha256_of_gz(path) == digest
     except _GZIP_ERRORS:
         ok = False
     if ok:
-        _write_marker(path, name, log)
+        _write_marker(path, digest, log)
         log.debug(f"{path.name} verified")
         return True
     log.warning(f"{path}: cached file is corrupt (its content does not match the SHA-256); "
@@ -220,22 +280,22 @@ def _marker_path(path):
     return path.with_name(path.name + ".sha256")
 
 
-def _marker_text(path, name):
+def _marker_text(path, digest):
     """What the marker of a verified `path` holds: the digest, then the .gz's size and mtime."""
     stat = path.stat()
-    return f"{SHA256[name]} {stat.st_size} {stat.st_mtime_ns}\n"
+    return f"{digest} {stat.st_size} {stat.st_mtime_ns}\n"
 
 
-def _marker_matches(path, name):
+def _marker_matches(path, digest):
     try:
-        return _marker_path(path).read_text() == _marker_text(path, name)
+        return _marker_path(path).read_text() == _marker_text(path, digest)
     except OSError:  # no marker yet, or unreadable: fall back to hashing
         return False
 
 
-def _write_marker(path, name, log):
+def _write_marker(path, digest, log):
     try:
-        _marker_path(path).write_text(_marker_text(path, name))
+        _marker_path(path).write_text(_marker_text(path, digest))
     except OSError as exc:  # a read-only cache still works; it is hashed on every load
         log.debug(f"{path.name}: could not write the verification marker ({_reason(exc)})")
 
@@ -294,7 +354,7 @@ def _gunzip(path):
                         f"replace it with the original .gz file") from exc
 
 
-def _images_and_labels(images_path, labels_path):
+def _images_and_labels(images_path, labels_path, num_classes):
     """One split as (x (N, 784) float32 in [0, 1], y (N,) int64), after checking shapes and labels."""
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
@@ -303,9 +363,33 @@ def _images_and_labels(images_path, labels_path):
     if labels.shape != (len(images),):
         raise DataError(f"{labels_path}: expected shape ({len(images)},) to match {images_path.name}, "
                         f"got {labels.shape}; delete both files and load again")
-    if labels.max(initial=0) > 9:
-        raise DataError(f"{labels_path}: labels must be digits 0..9, found {labels.max()}; "
+    if labels.max(initial=0) >= num_classes:
+        raise DataError(f"{labels_path}: labels must be classes 0..{num_classes - 1}, found {labels.max()}; "
                         f"delete it and load again")
     x = images.reshape(len(images), 28 * 28).astype(np.float32)  # (N, 784), a new writable array
     x /= 255  # pixels 0..255 -> [0, 1]
     return x, labels.astype(np.int64)
+
+
+@register_dataset
+class MNIST(Dataset):
+    """The handwritten digits 0-9: 60,000 training and 10,000 test images of 28x28 pixels."""
+    name = "mnist"
+
+    def info(self):
+        return Info((784,), 10, (28, 28), CLASS_NAMES)
+
+    def load(self, log=None):
+        return load_mnist(self.data_dir, log=log)
+
+
+@register_dataset
+class FashionMNIST(Dataset):
+    """Zalando's clothes in 10 classes, the size and format of MNIST; cached in <data_dir>/fashion-mnist."""
+    name = "fashion_mnist"
+
+    def info(self):
+        return Info((784,), 10, (28, 28), FASHION_CLASS_NAMES)
+
+    def load(self, log=None):
+        return load_fashion_mnist(Path(self.data_dir) / "fashion-mnist", log=log)

@@ -148,7 +148,7 @@ def test_load_mnist_scales_and_types_a_fake_dataset(tmp_path, monkeypatch):
 
 def test_load_mnist_rejects_labels_outside_0_to_9(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "SHA256", write_fake_mirror(tmp_path / "mirror", labels_value=10))
-    with pytest.raises(DataError, match=r"labels-idx1-ubyte.gz: labels must be digits 0..9, found 10"):
+    with pytest.raises(DataError, match=r"labels-idx1-ubyte.gz: labels must be classes 0..9, found 10"):
         load_mnist(tmp_path / "data", mirrors=[str(tmp_path / "mirror")])
 
 
