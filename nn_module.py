@@ -538,28 +538,37 @@ class BatchNorm(NNModule):
         self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts (C,) over the input
         if self.training:
-            mean, var = x.mean(axis=self.axes), x.var(axis=self.axes)
+            mean = x.mean(axis=self.axes)
+            centred = x - mean.reshape(shape)
+            var = (centred * centred).mean(axis=self.axes)
             for key, batch in (("running_mean", mean), ("running_var", var)):
                 self.state[key][...] = self.momentum * self.state[key] + (1 - self.momentum) * batch
         else:
             mean, var = self.state["running_mean"], self.state["running_var"]
-        self.inv_std = (1 / np.sqrt(var + self.eps)).reshape(shape)
-        self.x_hat = (x - mean.reshape(shape)) * self.inv_std
-        return self.params["gamma"].reshape(shape) * self.x_hat + self.params["beta"].reshape(shape)
+            centred = x - mean.reshape(shape)
+        self.inv_std = 1 / np.sqrt(var + self.eps)                    # (C,)
+        centred *= self.inv_std.reshape(shape)
+        self.x_hat = centred
+        y = self.x_hat * self.params["gamma"].reshape(shape)
+        y += self.params["beta"].reshape(shape)
+        return y
 
     def backward(self, grad_y):
-        shape = self.inv_std.shape
-        self.grads["gamma"][...] = (grad_y * self.x_hat).sum(axis=self.axes)
-        self.grads["beta"][...] = grad_y.sum(axis=self.axes)
-        grad_x_hat = grad_y * self.params["gamma"].reshape(shape)
+        shape = (1, -1) + (1,) * (grad_y.ndim - 2)
+        np.sum(grad_y * self.x_hat, axis=self.axes, out=self.grads["gamma"])
+        np.sum(grad_y, axis=self.axes, out=self.grads["beta"])
+        scale = (self.params["gamma"] * self.inv_std).reshape(shape)  # dL/dx_hat = gamma * dL/dy
         if not self.training:                                      # mean and var are constants
-            return grad_x_hat * self.inv_std
-        # mean and var depend on x; with m values per channel:
-        # dL/dx = inv_std / m * (m dL/dx_hat - sum dL/dx_hat - x_hat * sum(dL/dx_hat * x_hat))
+            return grad_y * scale
+        # mean and var depend on x. With m values per channel, and since sum(dL/dx_hat) =
+        # gamma * grads["beta"] and sum(dL/dx_hat * x_hat) = gamma * grads["gamma"]:
+        # dL/dx = gamma * inv_std / m * (m dL/dy - grads["beta"] - x_hat * grads["gamma"])
         m = grad_y.size // self.num_features
-        total = grad_x_hat.sum(axis=self.axes).reshape(shape)
-        total_x_hat = (grad_x_hat * self.x_hat).sum(axis=self.axes).reshape(shape)
-        return self.inv_std / m * (m * grad_x_hat - total - self.x_hat * total_x_hat)
+        grad_x = self.x_hat * self.grads["gamma"].reshape(shape)
+        grad_x += self.grads["beta"].reshape(shape)
+        np.subtract(m * grad_y, grad_x, out=grad_x)
+        grad_x *= scale / m
+        return grad_x
 
     def extra_repr(self):
         return f"num_features={self.num_features}, momentum={self.momentum}, eps={self.eps}"
