@@ -19,6 +19,7 @@ from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from datasets.prepare import prepare_image
 from errors import ConfigError, DataError
+from log import fmt
 from model import Model, build_model
 from nn_module import LOSSES, CrossEntropyLoss, Softmax, SoftmaxCrossEntropyLoss
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
@@ -212,7 +213,7 @@ class Engine:
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
-            self.log.progress(b + 1, batches, f"loss {progress['loss_sum'] / seen:.4f} acc "
+            self.log.progress(b + 1, batches, f"loss {fmt(progress['loss_sum'] / seen)} acc "
                                               f"{progress['correct'] / seen:.4f} {rate:.0f} ex/s "
                                               f"eta {(len(x) - seen) / rate:.0f}s")
             if stop.is_set():
@@ -382,8 +383,8 @@ def confusion_text(matrix, class_names):
 
 def epoch_line(record, num_epochs):
     """Epoch 3/30  train loss 0.1234 acc 96.50%  valid loss 0.1111 acc 96.80%  lr 0.1  2.1s"""
-    line = (f"epoch {record['epoch']}/{num_epochs}  train loss {record['train_loss']:.4f} "
+    line = (f"epoch {record['epoch']}/{num_epochs}  train loss {fmt(record['train_loss'])} "
             f"acc {100 * record['train_accuracy']:.2f}%")
     if record["valid_loss"] is not None:
-        line += f"  valid loss {record['valid_loss']:.4f} acc {100 * record['valid_accuracy']:.2f}%"
+        line += f"  valid loss {fmt(record['valid_loss'])} acc {100 * record['valid_accuracy']:.2f}%"
     return line + f"  lr {record['lr']:.4g}  {record['seconds']:.1f}s"
