@@ -1,0 +1,367 @@
+"""How fast the trainer is on this machine, next to numpy's matrix-product peak and PyTorch.
+
+    python3 benchmarks/bench.py [--repeats N] [--quick] [--only NAME ...] [--json PATH] [--data-dir DIR]
+
+One run measures these items (the NAMEs of --only), prints tables to stdout (progress goes to
+stderr) and writes the numbers as JSON (default benchmarks/results.json). It asserts nothing.
+
+  peak       numpy's float32 `a @ b` for square sizes 512, 1024 and 2048, in GFLOP/s (best size);
+             the epoch items need it and run it too.
+  mlp, conv, network1, cnn
+             seconds per training epoch of the reference MLP (784-200-10 tanh), the reference
+             conv net (Conv2D 1->16 and 16->32, 3x3, padding 1, each followed by ReLU and 2x2
+             max-pooling; Linear 1568->10), configs/network1.json and configs/cnn.json. An epoch
+             is what the trainer does: 55,000 training images in batches of 100 (forward, loss,
+             backward, optimizer step), a forward pass over the 5,000 validation images, and a
+             save of the model when the validation accuracy improves. It is the project's own
+             code: `engine.Engine.train()` on arrays already in memory, timed by the engine (the
+             "seconds" of each epoch in its history; a first warm-up epoch is dropped). The
+             references use SoftmaxCrossEntropyLoss and SGD with momentum 0.9; when torch
+             imports they also run in PyTorch (CPU, the same threads, batch, optimizer and
+             images), after all numpy work so that neither library's idle threads slow the other.
+  inference  network1's forward passes in eval mode over the 10,000 test images as the test task
+             runs them (`Engine.probabilities`), with models/network1.pkl or else fresh weights;
+             with that file also the wall time of `main.py configs/network1.json --task test`.
+  load       `load_mnist` from the cache in data/, already verified.
+  memory     peak resident memory of `main.py configs/network1.json` training for one epoch.
+
+Reading the epoch table: GFLOP/epoch counts 2 FLOP per multiply-add, from each layer's
+`multiply_adds` (the summary's column): on training images 3 passes (forward, dL/dW, dL/dx) for
+every layer but the first with parameters, which skips dL/dx (2 passes); on validation images 1.
+"of peak" is the achieved GFLOP/s over the matmul peak; "limit s" is the epoch's work at the
+peak, and "x limit" the epoch over that limit. "numpy/torch" below 1 means this project is
+faster. The last table checks the speed targets: reference MLP epoch <= 0.7x PyTorch's and
+<= 1.5x the limit, reference conv epoch <= 1.5x PyTorch's, network1 test inference < 0.5 s,
+peak memory < 600 MB, MNIST load < 1 s.
+
+Timings are medians of --repeats runs (the two main.py runs happen once); on a busy machine they
+mean little. numpy's BLAS threads are $OPENBLAS_NUM_THREADS, else $OMP_NUM_THREADS, else every
+CPU; PyTorch gets as many. --quick times one repeat on 1/20 of each epoch (scaled up to a full
+epoch) and trains network1 on 1/20 of the images for memory: a smoke check, not a measurement.
+Without MNIST (in --data-dir, or at $NNFS_MIRROR; never the internet) random arrays of MNIST's
+shapes stand in, as the header says, and load and the main.py runs are skipped.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from config import read_json, validate  # noqa: E402  (needs ROOT on the path)
+from datasets.mnist import load_mnist  # noqa: E402
+from engine import EVAL_BATCH, Engine  # noqa: E402
+from errors import ConfigError  # noqa: E402
+from log import Logger  # noqa: E402
+from model import build_model  # noqa: E402
+
+EPOCHS = ("mlp", "conv", "network1", "cnn")
+NAMES = ("peak", *EPOCHS, "inference", "load", "memory")
+FRESH = "fresh weights"
+REFERENCE = {
+    "mlp": [{"class": "Linear", "n_in": 784, "n_out": 200}, {"class": "Tanh"},
+            {"class": "Linear", "n_in": 200, "n_out": 10}],
+    "conv": [{"class": "Reshape", "shape": [1, 28, 28]},
+             {"class": "Conv2D", "in_channels": 1, "out_channels": 16, "kernel_size": 3, "padding": 1},
+             {"class": "ReLU"}, {"class": "MaxPool2D", "kernel_size": 2},
+             {"class": "Conv2D", "in_channels": 16, "out_channels": 32, "kernel_size": 3, "padding": 1},
+             {"class": "ReLU"}, {"class": "MaxPool2D", "kernel_size": 2},
+             {"class": "Flatten"}, {"class": "Linear", "n_in": 1568, "n_out": 10}],
+}
+CONFIGS = {"network1": "configs/network1.json", "cnn": "configs/cnn.json"}
+LR, BATCH, TRAIN, VALID = 0.05, 100, 55_000, 5_000
+THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+# Runs argv with stdout discarded and prints "exit-status seconds peak-RSS". It must be a small
+# process: on Linux a child's ru_maxrss also counts the RSS its spawner had (the high-water mark
+# before exec carries over), so a child spawned by this benchmark would inherit its hundreds of MB.
+REAPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+          "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+          "print(code, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def note(message):
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def median_seconds(run, repeats):
+    """Median wall time of `repeats` calls of run()."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(repeats, sizes=(512, 1024, 2048)):
+    """(GFLOP/s, size) of the fastest float32 n x n matrix product (2 n^3 FLOP), medians of repeats."""
+    rng, best = np.random.default_rng(0), (0.0, 0)
+    for n in sizes:
+        a, b = rng.random((n, n), np.float32), rng.random((n, n), np.float32)
+        a @ b                                                   # warm-up: threads, caches
+        best = max(best, (2 * n ** 3 / median_seconds(lambda: a @ b, max(repeats, 3)) / 1e9, n))
+    return best
+
+
+def load_data(data_dir):
+    """(arrays, True): MNIST from the cache in data_dir, filled from $NNFS_MIRROR if needed (never
+    from the internet); (random arrays of MNIST's shapes, False) when neither has it."""
+    mirror = os.environ.get("NNFS_MIRROR")
+    try:
+        return load_mnist(data_dir, mirrors=[mirror] if mirror else []), True
+    except (ConfigError, OSError) as err:
+        note(f"no MNIST ({err}); using random data")
+    rng = np.random.default_rng(0)
+    return {"x_train": rng.random((60_000, 784), np.float32), "y_train": rng.integers(0, 10, 60_000),
+            "x_test": rng.random((10_000, 784), np.float32), "y_test": rng.integers(0, 10, 10_000)}, False
+
+
+class PreloadedEngine(Engine):
+    """The project's Engine, given arrays already in memory instead of reading its dataset."""
+
+    def __init__(self, config, data):
+        super().__init__(config, Logger(0))
+        self.data = data
+
+    def load_data(self):
+        return dict(self.data)
+
+
+def make_config(name, **overrides):
+    """A validated config: a reference network or a file of CONFIGS, with `overrides`."""
+    if name in REFERENCE:
+        raw = {"network": REFERENCE[name], "lr": LR, "batch_size": BATCH,
+               "optimizer": {"name": "sgd", "momentum": 0.9}}
+    else:
+        raw = read_json(CONFIGS[name])
+    return validate({**raw, "log_level": 0, **overrides}, CONFIGS.get(name, f"{name}.json"))
+
+
+def epoch_flop(engine):
+    """FLOP of one full epoch (TRAIN images trained, VALID validated), see the module docstring."""
+    model = build_model(engine.config["network"], engine.dtype, engine.rng)
+    shapes = model.output_shapes(engine.info.input_shape)
+    passes, train_macs = 2, 0          # up to the first layer with parameters: forward and dL/dW
+    for layer, shape in zip(model.layers, shapes):
+        train_macs += passes * layer.multiply_adds(shape)
+        if layer.params:
+            passes = 3                 # later layers also pass dL/dx back
+    return 2 * (TRAIN * train_macs + VALID * model.multiply_adds_per_example(engine.info.input_shape))
+
+
+def numpy_epoch(name, data, repeats, fraction):
+    """Seconds per full epoch of the project's trainer (median, scaled up by 1/fraction) and FLOP."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = make_config(name, num_epochs=repeats + 1, model_file=os.path.join(tmp, "model.pkl"),
+                             train_size=round(TRAIN * fraction), valid_size=round(VALID * fraction))
+        engine = PreloadedEngine(config, data)
+        history = engine.train()
+    return statistics.median(r["seconds"] for r in history[1:]) / fraction, epoch_flop(engine)
+
+
+def torch_network(name, nn):
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 10))
+    return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(1568, 10))
+
+
+def torch_epoch(torch, name, data, repeats, fraction):
+    """Seconds per full epoch of the same reference network in PyTorch, like numpy_epoch."""
+    torch.manual_seed(0)
+    net, loss_fn = torch_network(name, torch.nn), torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(net.parameters(), lr=LR, momentum=0.9)
+    n_train, n_valid = round(TRAIN * fraction), round(VALID * fraction)
+    x, y = torch.from_numpy(data["x_train"]), torch.from_numpy(data["y_train"])
+    x_train, y_train, x_valid, y_valid = x[:n_train], y[:n_train], x[len(x) - n_valid:], y[len(y) - n_valid:]
+
+    def epoch():
+        net.train()
+        order, loss_sum, correct = torch.randperm(n_train), 0.0, 0
+        for start in range(0, n_train, BATCH):
+            index = order[start:start + BATCH]
+            xb, yb = x_train[index], y_train[index]
+            out = net(xb)
+            loss = loss_fn(out, yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(index)           # the bookkeeping the engine does
+            correct += int((out.argmax(1) == yb).sum())
+        net.eval()
+        with torch.no_grad():
+            for start in range(0, n_valid, EVAL_BATCH):
+                out = net(x_valid[start:start + EVAL_BATCH])
+                loss_fn(out, y_valid[start:start + EVAL_BATCH]).item(), out.argmax(1)
+
+    epoch()
+    return median_seconds(epoch, repeats) / fraction
+
+
+def inference(data, repeats):
+    """(median seconds of network1's test-set forward passes, the model file used or FRESH)."""
+    engine = PreloadedEngine(make_config("network1", task="test"), data)
+    try:
+        model, weights = engine.load_trained(), engine.config["model_file"]
+    except ConfigError:
+        c = engine.config
+        model, weights = build_model(c["network"], engine.dtype, engine.rng, c["network_names"]), FRESH
+    engine.probabilities(model, data["x_test"])
+    return median_seconds(lambda: engine.probabilities(model, data["x_test"]).argmax(axis=1), repeats), weights
+
+
+def run_main(*args):
+    """(wall seconds, peak RSS in MB) of `python3 main.py ARGS` (its output discarded)."""
+    done = subprocess.run([sys.executable, "-c", REAPER, sys.executable, "main.py", *args],
+                          capture_output=True, text=True, check=True)
+    code, seconds, rss = done.stdout.split()
+    if code != "0":
+        raise RuntimeError(f"main.py {' '.join(args)} exited with {code}: {done.stderr.strip()}")
+    return float(seconds), int(rss) / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
+
+
+def table(header, rows):
+    """Rows of strings as aligned text: the first column left, the others right."""
+    widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
+    line = lambda row: "  ".join(f"{v:<{w}}" if c == 0 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(row, widths)))
+    return "\n".join([line(header), "-" * len(line(header)), *map(line, rows)])
+
+
+def fmt(value, spec=".3f", suffix=""):
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def measure(args):
+    """Runs the chosen benchmarks; returns the results as a JSON-ready dict."""
+    repeats, fraction = (1, 1 / 20) if args.quick else (args.repeats, 1.0)
+    r = {"repeats": repeats, "quick": args.quick, "threads": THREADS, "numpy": np.__version__,
+         "python": platform.python_version(), "epochs": {}}
+    data, mnist = load_data(args.data_dir)
+    r["data"] = f"MNIST from {args.data_dir}" if mnist else "RANDOM data (no MNIST found): accuracies mean nothing"
+    if set(args.only) & {"peak", *EPOCHS}:
+        note("peak: float32 matrix products")
+        r["peak_gflops"], r["peak_size"] = matmul_peak(repeats)
+    measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction)
+    if "inference" in args.only:
+        note("inference: network1 on the test set")
+        r["test_seconds"], r["test_weights"] = inference(data, repeats)
+    if not mnist:                               # main.py would try to download it
+        return r
+    if "inference" in args.only and r["test_weights"] != FRESH:
+        r["test_task_seconds"], _ = run_main("configs/network1.json", "--task", "test", "-q",
+                                             "--set", f"data_dir={args.data_dir}")
+    if "load" in args.only:
+        note("load: MNIST from the cache")
+        r["load_seconds"] = median_seconds(lambda: load_mnist(args.data_dir, mirrors=[]), max(repeats, 3))
+    if "memory" in args.only:
+        note("memory: training network1 for one epoch in a subprocess")
+        quick = ["--set", f"train_size={round(TRAIN * fraction)}"] if args.quick else []
+        with tempfile.TemporaryDirectory() as tmp:
+            _, r["train_peak_rss_mb"] = run_main("configs/network1.json", "-q", "--set", "num_epochs=1",
+                                                 "--set", f"model_file={tmp}/network1.pkl",
+                                                 "--set", f"data_dir={args.data_dir}", *quick)
+    return r
+
+
+def measure_epochs(r, names, data, repeats, fraction):
+    """Fills r["epochs"]: every numpy network first, then the PyTorch references (see the docstring)."""
+    for name in names:
+        note(f"{name}: {repeats} + 1 epochs" + (" of 1/20 size" if fraction < 1 else ""))
+        seconds, flop = numpy_epoch(name, data, repeats, fraction)
+        limit = flop / (r["peak_gflops"] * 1e9)
+        r["epochs"][name] = {"seconds": seconds, "gflop": flop / 1e9, "gflops": flop / seconds / 1e9,
+                             "fraction_of_peak": limit / seconds, "limit_seconds": limit, "x_limit": seconds / limit}
+    references = [n for n in REFERENCE if n in names]
+    if not references:
+        return
+    try:
+        import torch
+    except ImportError:
+        r["torch"] = None
+        return
+    torch.set_num_threads(THREADS)
+    r["torch"] = torch.__version__
+    for name in references:
+        note(f"{name}: PyTorch, {repeats} + 1 epochs")
+        e = r["epochs"][name]
+        e["torch_seconds"] = torch_epoch(torch, name, data, repeats, fraction)
+        e["numpy_over_torch"] = e["seconds"] / e["torch_seconds"]
+
+
+def targets(r):
+    """The speed targets that were measured, as dicts: target, value, goal, unit, met."""
+    mlp, conv = r["epochs"].get("mlp", {}), r["epochs"].get("conv", {})
+    checks = [("reference MLP epoch / PyTorch's", mlp.get("numpy_over_torch"), "<=", 0.7, "x"),
+              ("reference MLP epoch / matmul limit", mlp.get("x_limit"), "<=", 1.5, "x"),
+              ("reference conv epoch / PyTorch's", conv.get("numpy_over_torch"), "<=", 1.5, "x"),
+              ("network1 test inference, 10,000 images", r.get("test_seconds"), "<", 0.5, " s"),
+              ("peak RSS training network1", r.get("train_peak_rss_mb"), "<", 600, " MB"),
+              ("MNIST load from the verified cache", r.get("load_seconds"), "<", 1.0, " s")]
+    return [{"target": what, "value": value, "goal": f"{op} {goal:g}", "unit": unit.strip(),
+             "met": value <= goal if op == "<=" else value < goal}
+            for what, value, op, goal, unit in checks if value is not None]
+
+
+def report(r):
+    """The tables, as text."""
+    torch = f", torch {r['torch'] or 'not installed'}" if "torch" in r else ""
+    lines = [f"numpy {r['numpy']}, {THREADS} threads{torch}; {r['data']}",
+             f"medians of {r['repeats']} repeat(s)" + ("; QUICK: 1/20 epochs scaled up, not a measurement"
+                                                       if r["quick"] else ""), ""]
+    if "peak_gflops" in r:
+        lines += [f"numpy float32 matmul peak: {r['peak_gflops']:.1f} GFLOP/s ({r['peak_size']}x{r['peak_size']})", ""]
+    if r["epochs"]:
+        rows = [(name, fmt(e["seconds"]), fmt(e["gflop"], ".1f"), fmt(e["gflops"], ".1f"),
+                 fmt(100 * e["fraction_of_peak"], ".0f", "%"), fmt(e["limit_seconds"]), fmt(e["x_limit"], ".2f"),
+                 fmt(e.get("torch_seconds")), fmt(e.get("numpy_over_torch"), ".2f")) for name, e in r["epochs"].items()]
+        lines += [table(("epoch", "s/epoch", "GFLOP/epoch", "GFLOP/s", "of peak", "limit s", "x limit",
+                         "torch s", "numpy/torch"), rows), ""]
+    others = [("test inference, network1 (" + r.get("test_weights", "") + ")", fmt(r.get("test_seconds")), "s"),
+              ("test task end to end (main.py --task test)", fmt(r.get("test_task_seconds")), "s"),
+              ("MNIST load from the cache", fmt(r.get("load_seconds")), "s"),
+              ("peak RSS training network1", fmt(r.get("train_peak_rss_mb"), ".0f"), "MB")]
+    if any(row[1] != "-" for row in others):
+        lines += [table(("other", "value", "unit"), [row for row in others if row[1] != "-"]), ""]
+    unit = lambda t: t["unit"] if t["unit"] == "x" else " " + t["unit"]
+    lines += [table(("target", "measured", "goal", "met"), [
+        (t["target"], f"{t['value']:.3g}{unit(t)}", t["goal"] + unit(t), "yes" if t["met"] else "NO")
+        for t in r["targets"]])]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each item (default: 3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one repeat on 1/20 of an epoch, a smoke check (default: off)")
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=NAMES, metavar="NAME",
+                        help=f"run only these: {', '.join(NAMES)} (default: all)")
+    parser.add_argument("--json", default=os.path.join(ROOT, "benchmarks", "results.json"),
+                        help="where to write the results (default: benchmarks/results.json)")
+    parser.add_argument("--data-dir", default=os.path.join(ROOT, "data"),
+                        help="the MNIST cache (default: the repository's data/)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    args.json, args.data_dir = os.path.abspath(args.json), os.path.abspath(args.data_dir)
+    os.chdir(ROOT)                               # configs, models/ and main.py are relative to it
+    results = measure(args)
+    results["targets"] = targets(results)
+    print(report(results))
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    note(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
