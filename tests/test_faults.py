@@ -200,3 +200,19 @@ def test_random_input_never_gives_a_traceback(tmp_path, monkeypatch, capsys, con
     assert "Traceback" not in err
     if status == 2:
         assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_data_problems_through_main(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
+    (tmp_path / "a_file").write_text("")
+    message = run_error(capsys, [write_config(tmp_path, data_dir=str(tmp_path / "a_file"))])
+    assert "a_file" in message and "not a folder" in message
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "train-images-idx3-ubyte.gz").write_bytes(b"corrupt")        # and no mirror to repair it
+    assert main([write_config(tmp_path, data_dir=str(data_dir))]) == 2
+    *warnings, message = capsys.readouterr().err.splitlines()               # what was tried, then the error
+    assert all(line.startswith("warning: ") for line in warnings) and "cached file is corrupt" in warnings[0]
+    assert message.startswith("error: could not get train-images-idx3-ubyte.gz from any mirror")
+    assert "NNFS_MIRROR" in message and not (data_dir / "train-images-idx3-ubyte.gz").exists()
