@@ -40,7 +40,7 @@ class _FileDataset(Dataset):
 
     def read(self):
         """(x_train, y_train, x_test, y_test, class_names or None) as the files have them."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement read()")
 
     def load(self, log=None):
         if self._data is None:

@@ -211,6 +211,13 @@ def test_fashion_mnist_falls_back_to_data_dir_for_a_bad_system_file(tmp_path, mo
     assert data["y_train"].tolist() == [0, 1, 2, 3, 4] and data["class_names"] == FASHION_CLASS_NAMES
 
 
+def test_fashion_mnist_has_its_own_mirror_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNFS_MIRROR", "https://example.org/mnist")
+    monkeypatch.setenv("NNFS_FASHION_MIRROR", str(tmp_path))
+    assert mnist.mirror_list("NNFS_FASHION_MIRROR", mnist.FASHION_MIRRORS) == \
+        [tmp_path.resolve().as_uri() + "/", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]
+
+
 # --- your own dataset, from the README -------------------------------------------------------------
 
 @pytest.fixture
