@@ -225,7 +225,7 @@ def _child(node, part, where, assignment, top):
 
 
 def _index(node, part, where, assignment):
-    if not part.isdigit() or int(part) >= len(node):
+    if not (part.isascii() and part.isdigit()) or int(part) >= len(node):
         raise ConfigError(f"--set {assignment}: {where}: expected a list index below {len(node)}")
     return int(part)
 
@@ -246,7 +246,7 @@ def check_layers(network):
             raise ConfigError(f"{name}: expected an object with a \"class\", got {_describe(spec)}")
         if "class" not in spec:
             raise ConfigError(f"{name}: missing \"class\" (choices: {', '.join(sorted(LAYERS))})")
-        cls = LAYERS.get(spec["class"])
+        cls = LAYERS.get(spec["class"]) if isinstance(spec["class"], str) else None
         if cls is None:
             raise ConfigError(f"{name}.class: unknown {_describe(spec['class'])}"
                               f"{_closest(spec['class'], LAYERS)} (choices: {', '.join(sorted(LAYERS))})")
@@ -265,6 +265,17 @@ def check_arguments(name, cls, arguments, hidden):
     for p in signature.parameters.values():
         if p.default is inspect.Parameter.empty and p.name not in arguments and p.name not in hidden:
             raise ConfigError(f"{name}.{p.name}: missing (required by {cls.__name__})")
+
+
+def check_loss(loss, last_class):
+    """The loss must suit the network's end: probabilities for CrossEntropyLoss, logits for
+    SoftmaxCrossEntropyLoss (a second softmax would train on softmax(softmax(z)))."""
+    if loss == "CrossEntropyLoss" and last_class != "Softmax":
+        raise ConfigError("loss: CrossEntropyLoss takes probabilities, but the network ends in "
+                          f"{last_class}; end it with {{\"class\": \"Softmax\"}} or use SoftmaxCrossEntropyLoss")
+    if loss == "SoftmaxCrossEntropyLoss" and last_class == "Softmax":
+        raise ConfigError("loss: SoftmaxCrossEntropyLoss applies the softmax itself, but the network already "
+                          "ends in Softmax; use CrossEntropyLoss or remove the final Softmax")
 
 
 def check_optimizer(optimizer, lr):
@@ -313,6 +324,7 @@ def validate(raw, path="config.json"):
                           "\"n_out\": 10}])")
     config["network"], config["network_names"] = check_layers(config["network"])
     config["optimizer"] = check_optimizer(config["optimizer"], config["lr"])
+    check_loss(config["loss"], config["network"][-1]["class"])
     if config["model_file"] is None:
         stem = os.path.splitext(os.path.basename(path))[0]
         config["model_file"] = os.path.join("models", stem + ".pkl")

@@ -18,10 +18,10 @@ import numpy as np
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from datasets.prepare import prepare_image
-from errors import ConfigError, DataError
+from errors import ConfigError, DataError, ModelFileError
 from log import fmt
 from model import Model, build_model
-from nn_module import LOSSES, CrossEntropyLoss, Softmax, SoftmaxCrossEntropyLoss
+from nn_module import LOSSES, CrossEntropyLoss, Flatten, Reshape, Softmax, SoftmaxCrossEntropyLoss
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
 from utils import FORMAT, atomic_write, copy_arrays, load_model, read_pickle, save_model, write_pickle
 
@@ -139,6 +139,9 @@ class Engine:
         self.check_writable(c["model_file"])
         optimizer_args = {k: v for k, v in c["optimizer"].items() if k != "name"}
         optimizer = OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **optimizer_args)
+        if not resume and os.path.exists(self.checkpoint_path()):
+            raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
+                              "or delete it to start afresh")
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
         self.log.debug(repr(model))
         data = self.split(self.load_data())
@@ -234,12 +237,14 @@ class Engine:
             "params": {k: np.array(v) for k, v in model.params.items()},
             "state": {k: np.array(v) for k, v in model.state.items()},
             "optimizer": optimizer.state_dict(), "rng": self.rng.bit_generator.state, "progress": progress,
-        }, what="checkpoint")
+        })
 
     def load_checkpoint(self, model, optimizer):
         """Restores model, optimizer and random state from the checkpoint; returns the progress."""
         path = self.checkpoint_path()
         payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
+        if not {"optimizer", "rng", "progress"} <= payload.keys():
+            raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
         ignored = ("task", "log_level", "log_file")
         changed = [k for k in self.config if k not in ignored and payload["config"].get(k) != self.config[k]]
         if changed:
@@ -264,6 +269,17 @@ class Engine:
     def history_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".history.json"
 
+    def read_history(self):
+        """The saved training history, or None (with a warning if it exists but cannot be read)."""
+        try:
+            with open(self.history_path(), encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            self.log.warning(f"{self.history_path()}: cannot read the training history ({err}); no curves drawn")
+            return None
+
     def save_history(self, history):
         with atomic_write(self.history_path(), "w") as f:
             json.dump(history, f, indent=1)
@@ -273,6 +289,7 @@ class Engine:
     def load_trained(self):
         """The trained model from `model_file`, checked against the dataset, in eval mode."""
         model, saved = load_model(self.config["model_file"])
+        self.dtype = model.dtype                      # the data is cast to what the model was saved in
         if saved.get("dataset") != self.config["dataset"]:
             self.log.warning(f"the model was trained on {saved.get('dataset')}, not {self.config['dataset']}")
         self.check_fits(model)
@@ -324,13 +341,15 @@ class Engine:
             paths.append(plots.confusion(matrix, info.class_names, os.path.join(folder, "confusion.png"), show))
             paths.append(plots.mistakes(data["x_test"], data["y_test"], probs, info.class_names, info.image_shape,
                                         os.path.join(folder, "mistakes.png"), show=show))
-            first = next(layer for layer in model.layers if "weight" in layer.params)
-            paths.append(plots.first_layer(first.params["weight"], info.image_shape,
-                                           os.path.join(folder, "first_layer.png"), show=show))
-            history = self.history_path()
-            if os.path.exists(history):
-                with open(history, encoding="utf-8") as f:
-                    paths.append(plots.training_curves(json.load(f), os.path.join(folder, "curves.png"), show))
+            weight = first_layer_weight(model, info.image_shape)
+            if weight is None:
+                self.log.info("first_layer.png skipped: the first layer with weights does not read the pixels")
+            else:
+                paths.append(plots.first_layer(weight, info.image_shape, os.path.join(folder, "first_layer.png"),
+                                               show=show))
+            history = self.read_history()
+            if history:
+                paths.append(plots.training_curves(history, os.path.join(folder, "curves.png"), show))
         for path in paths:
             self.log.result(f"wrote {path}")
         if show:
@@ -361,6 +380,19 @@ class Engine:
                     plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
                 self.log.result(f"wrote {target}")
         return probs
+
+
+def first_layer_weight(model, image_shape):
+    """The first weights that read the pixels: a Linear's (n_in, n_out) or a Conv2D's
+    (F, C, k, k) right after the input (only reshaping layers before it), else None."""
+    for layer in model.layers:
+        if "weight" in layer.params:
+            weight = layer.params["weight"]
+            reads_pixels = weight.ndim == 4 or weight.shape[0] == int(np.prod(image_shape))
+            return weight if reads_pixels else None
+        if not isinstance(layer, (Reshape, Flatten)):
+            return None
+    return None
 
 
 def confusion_matrix(y, predicted, num_classes):

@@ -6,7 +6,9 @@ Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 130 w
 """
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from config import TASKS, load_config
 from engine import Engine, Interrupted
@@ -45,8 +47,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt                       # SIGTERM ends the run like Ctrl-C: cleanly, exit 130
+
+
 def main(argv=None):
-    log = None
+    log, on_main_thread = None, threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
         args = parse_args(argv)
         overrides = args.overrides + [f"{key}={value}" for key, value in (
@@ -72,6 +79,8 @@ def main(argv=None):
     finally:
         if log:
             log.close()
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -6,6 +6,7 @@ checks at build time that the layers chain, and prints a summary. It knows nothi
 configs, files or data.
 """
 import inspect
+import re
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class Model(NNModule):
 def build_model(network, dtype=np.float32, rng=None, names=None):
     """A Model from layer specs: a list of {"class": name, **arguments} (from the config).
 
-    Each layer is `cls(**arguments)`, plus `dtype` and, for layers with parameters, `rng`.
+    Each layer is `cls(**arguments)`, plus `dtype` and, for layers that draw random numbers, `rng`.
     A bad class or argument raises ConfigError naming the layer: "network[2].p: expected ...".
     """
     names = list(names) if names is not None else [f"network[{i}]" for i in range(len(network))]
@@ -118,7 +119,8 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
         try:
             layers.append(cls(**arguments, dtype=dtype))
         except ValueError as err:              # constructors say "<argument>: expected ..., got ..."
-            raise ConfigError(f"{name}.{err}") from None
+            about_argument = re.match(r"\w+: ", str(err)) is not None
+            raise ConfigError(f"{name}.{err}" if about_argument else f"{name}: {err}") from None
         except TypeError as err:               # a missing or unknown argument
             raise ConfigError(f"{name}: {err}") from None
         except MemoryError:

@@ -168,11 +168,11 @@ class Linear(NNModule):
         return y
 
     def backward(self, grad_y):
-        np.matmul(self.x.T, grad_y, out=self.grads["weight"])    # dL/dW = x.T @ dL/dy
+        np.matmul(self.x.T, grad_y, out=self.grads["weight"])    # dL/dweight = x.T @ dL/dy
         np.sum(grad_y, axis=0, out=self.grads["bias"])           # dL/db = sum over the batch
         if not self.needs_grad_x:
             return None
-        return grad_y @ self.params["weight"].T                  # dL/dx = dL/dy @ W.T
+        return grad_y @ self.params["weight"].T                  # dL/dx = dL/dy @ weight.T
 
     def multiply_adds(self, y_shape):
         return self.n_in * self.n_out
@@ -207,7 +207,7 @@ class LeakyReLU(NNModule):
         self.slope = None
 
     def forward(self, x):
-        self.slope = np.where(x > 0, 1, self.negative_slope).astype(self.dtype)
+        self.slope = np.where(x > 0, self.dtype.type(1), self.dtype.type(self.negative_slope))
         return x * self.slope
 
     def backward(self, grad_y):
@@ -340,8 +340,9 @@ class Conv2D(NNModule):
         n, c, oh, ow, k, _ = win.shape
         self.x_shape = x.shape
         # im2col: one copy of the view, with each output pixel's window as a column.
-        self.cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)   # (C*k*k, N*OH*OW)
-        y = self.params["weight"].reshape(self.out_channels, -1) @ self.cols           # (F, N*OH*OW)
+        cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)   # (C*k*k, N*OH*OW)
+        self.cols = cols if self.training else None          # eval needs no backward: free it at once
+        y = self.params["weight"].reshape(self.out_channels, -1) @ cols                # (F, N*OH*OW)
         y += self.params["bias"][:, None]
         return y.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3)          # (N, F, OH, OW)
 
@@ -349,11 +350,11 @@ class Conv2D(NNModule):
         n, f, oh, ow = grad_y.shape
         c, k = self.in_channels, self.kernel_size
         grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
-        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, -1))   # dL/dW = dy @ cols.T
+        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, -1))   # dL/dweight = dy @ cols.T
         np.sum(grad_rows, axis=1, out=self.grads["bias"])
         if not self.needs_grad_x:
             return None
-        grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = W.T @ dy
+        grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = weight.T @ dy
         grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
         return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)
 
@@ -512,7 +513,8 @@ class BatchNorm(NNModule):
     """Batch normalisation: y = gamma * (x - mean) / sqrt(var + eps) + beta, per feature/channel.
 
     Training uses the batch's mean and (biased) variance over N (and H, W) and updates
-        running = momentum * running + (1 - momentum) * batch statistic;
+        running = momentum * running + (1 - momentum) * batch statistic
+    (momentum weighs the old value, as in Keras: PyTorch's momentum=0.1 is 0.9 here);
     eval uses the running averages. Those live in `state`: saved with the model, never trained.
 
     Shape: (N, C) or (N, C, H, W), C = num_features. Params: gamma (C,), beta (C,).
@@ -528,7 +530,7 @@ class BatchNorm(NNModule):
         self.add_param("beta", np.zeros(num_features))
         self.state = {"running_mean": np.zeros(num_features, self.dtype),
                       "running_var": np.ones(num_features, self.dtype)}
-        self.x_hat, self.inv_std, self.axes = None, None, None
+        self.x_hat, self.inv_std, self.axes, self.batch_stats = None, None, None, None
 
     def forward(self, x):
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
@@ -537,12 +539,14 @@ class BatchNorm(NNModule):
                              f"with C = {self.num_features}")
         self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts (C,) over the input
+        self.batch_stats = self.training
         if self.training:
             mean = x.mean(axis=self.axes)
             centred = x - mean.reshape(shape)
             var = (centred * centred).mean(axis=self.axes)
-            for key, batch in (("running_mean", mean), ("running_var", var)):
-                self.state[key][...] = self.momentum * self.state[key] + (1 - self.momentum) * batch
+            if x.size > self.num_features:                       # one value per channel has no variance
+                for key, batch in (("running_mean", mean), ("running_var", var)):
+                    self.state[key][...] = self.momentum * self.state[key] + (1 - self.momentum) * batch
         else:
             mean, var = self.state["running_mean"], self.state["running_var"]
             centred = x - mean.reshape(shape)
@@ -558,7 +562,7 @@ class BatchNorm(NNModule):
         np.sum(grad_y * self.x_hat, axis=self.axes, out=self.grads["gamma"])
         np.sum(grad_y, axis=self.axes, out=self.grads["beta"])
         scale = (self.params["gamma"] * self.inv_std).reshape(shape)  # dL/dx_hat = gamma * dL/dy
-        if not self.training:                                      # mean and var are constants
+        if not self.batch_stats:                                   # running mean and var are constants
             return grad_y * scale
         # mean and var depend on x. With m values per channel, and since sum(dL/dx_hat) =
         # gamma * grads["beta"] and sum(dL/dx_hat * x_hat) = gamma * grads["gamma"]:

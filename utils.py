@@ -14,7 +14,7 @@ import tempfile
 
 import numpy as np
 
-from errors import ModelFileError
+from errors import ConfigError, ModelFileError
 from model import build_model
 
 FORMAT = 1
@@ -27,8 +27,11 @@ def atomic_write(path, mode="wb"):
     A crash at any moment leaves either the old file or the new one, never half of one.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as err:
+        raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes it private; give it a normal file's mode
         with open(fd, mode) as f:
@@ -36,19 +39,18 @@ def atomic_write(path, mode="wb"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise ConfigError(f"cannot write {path}: {err.strerror or err}") from None
         raise
 
 
-def write_pickle(path, payload, what="model file"):
-    """Pickles a plain dict to `path` atomically; ModelFileError if it cannot be written."""
-    try:
-        with atomic_write(path) as f:
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-    except OSError as err:
-        raise ModelFileError(f"cannot write {what} {path}: {err.strerror or err}") from None
+def write_pickle(path, payload):
+    """Pickles a plain dict to `path` atomically."""
+    with atomic_write(path) as f:
+        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _umask():
@@ -105,7 +107,15 @@ def read_pickle(path, what="model file", hint="train first: --task train"):
         raise ModelFileError(f"{path}: not a {what} of this project")
     if payload["format"] != FORMAT:
         raise ModelFileError(f"{path}: {what} format {payload['format']!r}, this version reads format {FORMAT}")
+    if not isinstance(payload["config"], dict) or not all(_is_arrays(payload[k]) for k in ("params", "state")):
+        raise ModelFileError(f"{path}: a damaged {what}: its config or arrays are not what this project writes")
     return payload
+
+
+def _is_arrays(table):
+    """A dict of names to numeric numpy arrays, as save_model writes them."""
+    return isinstance(table, dict) and all(isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind in "fiu"
+                                           for k, v in table.items())
 
 
 def load_model(path):
@@ -114,7 +124,7 @@ def load_model(path):
     config = payload["config"]
     try:
         model = build_model(config["network"], dtype=np.dtype(config["dtype"]), names=config["network_names"])
-    except (ValueError, TypeError, KeyError, AttributeError) as err:     # a ConfigError is a ValueError
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:     # ConfigError is a ValueError
         raise ModelFileError(f"{path}: its network cannot be rebuilt: {err}") from None
     copy_arrays(model, payload, path)
     return model.eval(), config

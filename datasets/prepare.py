@@ -36,6 +36,8 @@ def to_gray(image, path):
     if image.dtype.kind not in "uif" or image.size == 0:
         raise DataError(f"{path}: expected an array of numbers, got dtype {image.dtype} and shape {image.shape}")
     image = image.astype(np.float64)
+    if not np.isfinite(image).all():
+        raise DataError(f"{path}: the image holds NaN or infinite values")
     if image.ndim == 1 and image.size == SIZE * SIZE:
         image = image.reshape(SIZE, SIZE)
     if image.ndim == 3 and image.shape[2] in (3, 4):
@@ -44,9 +46,10 @@ def to_gray(image, path):
         image = (rgb @ [0.299, 0.587, 0.114]) * alpha + (1 - alpha)     # luminance, over white
     elif image.ndim == 2:
         low, high = image.min(), image.max()
-        image = image / 255.0 if high > 1 else image
-        if low < 0:
+        if low < 0 or high > 255:                     # an unusual range: stretch it to [0, 1]
             image = (image - low) / (high - low)
+        elif high > 1:                                # 8-bit pixel values
+            image = image / 255.0
     else:
         raise DataError(f"{path}: expected a 2-D grayscale image, an RGB(A) image or 784 values, "
                         f"got shape {image.shape}")

@@ -60,6 +60,10 @@ def run_error(capsys, argv):
      "error: network[0] (Linear) does not fit: expected (N, 100) inputs, got (N, 784); the data gives"),
     ({"network": [{"class": "Linear", "n_in": 784, "n_out": 7}]},
      "error: network: the last layer gives (7,) per example, but mnist has 10 classes"),
+    ({"network": [{"class": ["Linear"], "n_in": 784, "n_out": 10}]}, "error: network[0].class: unknown ['Linear']"),
+    ({"loss": "CrossEntropyLoss"}, "error: loss: CrossEntropyLoss takes probabilities, but the network ends in Linear"),
+    ({"network": SMALL_NET + [{"class": "Softmax"}]},
+     "error: loss: SoftmaxCrossEntropyLoss applies the softmax itself, but the network already ends in Softmax"),
 ])
 def test_config_errors(tmp_path, capsys, keys, message):
     assert run_error(capsys, [write_config(tmp_path, **keys)]).startswith(message)
@@ -83,6 +87,7 @@ def test_config_file_errors(tmp_path, capsys):
     (["--set", "lr=abc"], "error: lr: expected a number in (0, inf], got 'abc'"),
     (["--set", "network.5.n_out=3"], "error: --set network.5.n_out=3: network.5: expected a list index below 3"),
     (["--set", "lr.x=1"], "error: --set lr.x=1: lr is 0.1, not an object or list"),
+    (["--set", "network.\u00b2.n_out=3"], "error: --set network.\u00b2.n_out=3: network.\u00b2: expected a list index"),
     (["--task", "fly"], "error: argument --task: invalid choice: 'fly'"),
     (["--bogus"], "error: unrecognized arguments: --bogus"),
 ])

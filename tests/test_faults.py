@@ -132,6 +132,22 @@ def test_resume_without_checkpoint_or_with_another_config(tmp_path, capsys):
                                                                   "--task", "test"])
 
 
+def test_a_checkpoint_is_never_buried_or_confused_with_a_model(tmp_path, capsys):
+    config = write_config(tmp_path)
+    model = build_model(SMALL_NET)
+    from config import load_config
+    save_model(str(tmp_path / "model.ckpt"), model, load_config(config))       # a model file, not a checkpoint
+    assert "holds an interrupted run: continue it with --resume" in run_error(capsys, [config])
+    assert "not a checkpoint" in run_error(capsys, [config, "--resume"])
+
+
+@pytest.mark.parametrize("params", [[1, 2], {"0.weight": np.array(["a", "b"])}, {"0.weight": 3.0}])
+def test_damaged_model_arrays_are_refused(tmp_path, capsys, params):
+    payload = {"format": 1, "config": {"network": SMALL_NET}, "params": params, "state": {}}
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(payload))
+    assert "a damaged model file" in run_error(capsys, [write_config(tmp_path), "--task", "test"])
+
+
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {root!r})

@@ -106,15 +106,29 @@ def test_predict_npy(trained, tmp_path, capsys, mnist):
     assert out[1].startswith(f"{tmp_path / 'digit2d.npy'}: {mnist['y_test'][1]} ")
 
 
+def test_unusual_value_ranges_are_stretched_and_light_paper_inverted():
+    from datasets.prepare import prepare
+    from datasets.prepare import to_gray
+    digit = np.zeros((40, 40))
+    digit[10:30, 18:22] = 1                                           # a "1", light on dark
+    for scaled in (digit * 300 - 100, (1 - digit) * 300 - 100):       # values in [-100, 200]
+        gray = to_gray(scaled, "test")
+        assert gray.min() == 0 and gray.max() == 1
+        image = prepare(gray)
+        assert image[14, 14] > 0.9 and image[0, 0] == 0               # the stroke is centred and light
+
+
 def test_predict_bad_input(trained, tmp_path, capsys):
     (tmp_path / "text.png").write_text("not an image")
     np.save(tmp_path / "cube.npy", np.zeros((3, 5, 7)))
     np.save(tmp_path / "blank.npy", np.zeros((28, 28)))
+    np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan))
     cases = {str(tmp_path / "missing.png"): "no such file",
              str(tmp_path / "text.png"): "cannot read it as an image",
              str(tmp_path / "cube.npy"): "expected a 2-D grayscale image, an RGB(A) image or 784 values, got "
                                          "shape (3, 5, 7)",
-             str(tmp_path / "blank.npy"): "no digit found"}
+             str(tmp_path / "blank.npy"): "no digit found",
+             str(tmp_path / "nan.npy"): "NaN or infinite values"}
     for path, message in cases.items():
         assert message in run_error(capsys, [trained, "--task", "predict", "--input", path])
     assert "no images to predict" in run_error(capsys, [trained, "--task", "predict"])
