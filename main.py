@@ -6,6 +6,7 @@ Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 130 w
 """
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -76,6 +77,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                       # the reader left (`... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     finally:
         if log:
             log.close()
