@@ -379,7 +379,7 @@ class MaxPool2D(NNModule):
         super().__init__(dtype)
         self.kernel_size = check_int("kernel_size", kernel_size, 1)
         self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
-        self.x, self.y = None, None
+        self.x_shape, self.first = None, None
 
     def taps(self, x):
         """(i, j, x[:, :, i + stride*a, j + stride*b] for every output (a, b)): one strided slice per tap."""
@@ -391,19 +391,27 @@ class MaxPool2D(NNModule):
 
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
-        self.x, self.y = x, None
-        for _, _, tap in self.taps(x):
-            self.y = tap.copy() if self.y is None else np.maximum(self.y, tap, out=self.y)
-        return self.y
+        y = None
+        for t, (_, _, tap) in enumerate(self.taps(x)):
+            if y is None:
+                y, self.first = tap.copy(), np.zeros(tap.shape, np.uint8)   # first: the tap holding the max
+            else:
+                larger = tap > y                                  # strictly: a tie keeps the earlier tap
+                np.copyto(self.first, t, where=larger)
+                np.maximum(y, tap, out=y)
+        self.x_shape = x.shape
+        return y
 
     def backward(self, grad_y):
-        grad_x = np.zeros(self.x.shape, self.dtype)
-        taken = np.zeros(self.y.shape, bool)              # windows whose maximum already got the gradient
-        s, (oh, ow) = self.stride, self.y.shape[2:]
-        for i, j, tap in self.taps(self.x):
-            first = (tap == self.y) & ~taken
-            taken |= first
-            grad_x[:, :, i:i + s * oh:s, j:j + s * ow:s] += grad_y * first
+        k, s, (oh, ow) = self.kernel_size, self.stride, grad_y.shape[2:]
+        tiled = s == k and self.x_shape[2] == k * oh and self.x_shape[3] == k * ow   # windows cover x once
+        grad_x = (np.empty if tiled else np.zeros)(self.x_shape, self.dtype)
+        for t, (i, j) in enumerate(np.ndindex(k, k)):
+            into = grad_x[:, :, i:i + s * oh:s, j:j + s * ow:s]    # the pixels tap (i, j) read
+            if tiled:
+                np.multiply(grad_y, self.first == t, out=into)
+            else:                                                 # overlapping windows add up
+                into += grad_y * (self.first == t)
         return grad_x
 
     def extra_repr(self):
