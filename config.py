@@ -2,7 +2,7 @@
 
 Validation happens here, before any data is loaded or downloaded, and every problem is a
 ConfigError whose message names the key, what was expected and what came:
-    lr: expected a number in (0, inf), got -1
+    lr: expected a number in (0, inf], got -1
     lrr: unknown key; did you mean 'lr'?
     network[2].class: unknown 'Lineer'; did you mean 'Linear'? (choices: ...)
 The result is a plain dict with every key of DEFAULTS; `network` becomes a list of layer specs
