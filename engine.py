@@ -23,7 +23,7 @@ from log import fmt
 from model import Model, build_model
 from nn_module import LOSSES, CrossEntropyLoss, Flatten, Reshape, Softmax, SoftmaxCrossEntropyLoss
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import FORMAT, atomic_write, copy_arrays, load_model, read_pickle, save_model, write_pickle
+from utils import atomic_write, copy_arrays, load_model, read_pickle, save_model
 
 EVAL_BATCH = 1000
 
@@ -232,12 +232,8 @@ class Engine:
 
     def save_checkpoint(self, model, optimizer, progress):
         """Everything a resumed run needs: weights, optimizer state, random state, position."""
-        write_pickle(self.checkpoint_path(), {
-            "format": FORMAT, "config": self.config,
-            "params": {k: np.array(v) for k, v in model.params.items()},
-            "state": {k: np.array(v) for k, v in model.state.items()},
-            "optimizer": optimizer.state_dict(), "rng": self.rng.bit_generator.state, "progress": progress,
-        })
+        save_model(self.checkpoint_path(), model, self.config, {
+            "optimizer": optimizer.state_dict(), "rng": self.rng.bit_generator.state, "progress": progress})
 
     def load_checkpoint(self, model, optimizer):
         """Restores model, optimizer and random state from the checkpoint; returns the progress."""
