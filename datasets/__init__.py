@@ -104,5 +104,5 @@ def load_dataset(dataset, log=None):
     return data
 
 
-from datasets import files, mnist  # noqa: E402  the built-in datasets; an error in them is a bug
+from datasets import files, mnist  # noqa: E402, F401  registers the built-in datasets; an error in them is a bug
 discover()

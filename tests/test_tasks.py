@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from main import main
-from test_cli import SMALL_NET, run_error, write_config
+from test_cli import run_error, write_config
 
 
 @pytest.fixture(scope="module")
