@@ -2,8 +2,9 @@
 
 The engine is the only place that brings the parts together: config -> model (model.py),
 optimizer and schedule (optim.py), data (datasets/), files (utils.py), messages (log.py).
-Everything that can be checked without data (the network chains, fits the dataset's input
-and classes, the model file can be written) is checked before any data is loaded.
+Everything that can be checked without the data (the network chains, fits the dataset's input
+and classes, the model file can be written) is checked before the data is loaded or
+downloaded; only `npz` and `csv` datasets are read first, to learn their shapes.
 """
 import contextlib
 import json
