@@ -2,7 +2,7 @@
 
 Validation happens here, before any data is loaded or downloaded, and every problem is a
 ConfigError whose message names the key, what was expected and what came:
-    lr: expected a number in (0, inf], got -1
+    lr: expected a number in (0, inf), got -1
     lrr: unknown key; did you mean 'lr'?
     network[2].class: unknown 'Lineer'; did you mean 'Linear'? (choices: ...)
 The result is a plain dict with every key of DEFAULTS; `network` becomes a list of layer specs
@@ -82,7 +82,7 @@ def _number(low, high, low_open=False):
     def check(key, value):
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or not (low < value if low_open else low <= value) or value > high:
-            interval = f"{'(' if low_open else '['}{low}, {high}]"
+            interval = f"{'(' if low_open else '['}{low}, {high}{')' if high == math.inf else ']'}"
             raise ConfigError(f"{key}: expected a number in {interval}, got {_describe(value)}")
         return float(value)
     return check

@@ -2,9 +2,11 @@
 
 Parses the options, loads the config and hands it to the engine; no training logic lives here.
 Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 130 when interrupted
-(SIGINT or SIGTERM; training leaves a checkpoint for --resume), 1 for a bug.
+(SIGINT or SIGTERM; training leaves a checkpoint for --resume), 141 when the reader of the
+output leaves, 1 for a bug.
 """
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -78,7 +80,10 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:                       # the reader left (`... | head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError, ValueError):   # no more writes to the closed pipe at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
         return 141
     finally:
         if log:

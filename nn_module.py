@@ -61,7 +61,7 @@ def check_number(name, value, low, high, low_open=False, high_open=False):
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
     ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
     if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open or high == np.inf else ']'}"
         raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
     return float(value)
 
@@ -394,7 +394,8 @@ class MaxPool2D(NNModule):
         y = None
         for t, (_, _, tap) in enumerate(self.taps(x)):
             if y is None:
-                y, self.first = tap.copy(), np.zeros(tap.shape, np.uint8)   # first: the tap holding the max
+                index_type = np.min_scalar_type(self.kernel_size ** 2 - 1)   # uint8 up to 16x16 windows
+                y, self.first = tap.copy(), np.zeros(tap.shape, index_type)   # first: the tap holding the max
             else:
                 larger = tap > y                                  # strictly: a tie keeps the earlier tap
                 np.copyto(self.first, t, where=larger)

@@ -31,8 +31,8 @@ def run_error(capsys, argv):
 
 @pytest.mark.parametrize("keys,message", [
     ({"lrr": 0.1}, "error: lrr: unknown key; did you mean 'lr'?"),
-    ({"lr": -1}, "error: lr: expected a number in (0, inf], got -1"),
-    ({"lr": "fast"}, "error: lr: expected a number in (0, inf], got 'fast'"),
+    ({"lr": -1}, "error: lr: expected a number in (0, inf), got -1"),
+    ({"lr": "fast"}, "error: lr: expected a number in (0, inf), got 'fast'"),
     ({"batch_size": 0}, "error: batch_size: expected an integer >= 1, got 0"),
     ({"num_epochs": 2.5}, "error: num_epochs: expected an integer >= 1, got 2.5"),
     ({"num_epochs": True}, "error: num_epochs: expected an integer >= 1, got true"),
@@ -84,7 +84,7 @@ def test_config_file_errors(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--set", "lr"], "error: --set lr: expected KEY=VALUE"),
     (["--set", "lrr=0.1"], "error: lrr: unknown key; did you mean 'lr'?"),
-    (["--set", "lr=abc"], "error: lr: expected a number in (0, inf], got 'abc'"),
+    (["--set", "lr=abc"], "error: lr: expected a number in (0, inf), got 'abc'"),
     (["--set", "network.5.n_out=3"], "error: --set network.5.n_out=3: network.5: expected a list index below 3"),
     (["--set", "lr.x=1"], "error: --set lr.x=1: lr is 0.1, not an object or list"),
     (["--set", "network.\u00b2.n_out=3"], "error: --set network.\u00b2.n_out=3: network.\u00b2: expected a list index"),

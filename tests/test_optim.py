@@ -52,7 +52,7 @@ def test_float32_stays_float32():
 
 
 @pytest.mark.parametrize("arguments,message", [
-    ({"lr": 0}, "lr: expected a number in (0, inf], got 0"),
+    ({"lr": 0}, "lr: expected a number in (0, inf), got 0"),
     ({"lr": -1}, "lr: expected"),
     ({"lr": True}, "lr: expected"),
     ({"lr": 0.1, "momentum": 1.0}, "momentum: expected a number in [0, 1), got 1.0"),
