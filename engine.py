@@ -149,9 +149,10 @@ class Engine:
         self.log.info(f"training on {len(data[0])} examples, validating on {len(data[2])}; "
                       f"{sum(p.size for p in model.params.values()):,} parameters"
                       + (f"; resuming at epoch {progress['epoch']}, batch {progress['batch'] + 1}" if resume else ""))
+        net, loss = self.objective(model)
         with stop_requests() as stop:
             while progress["epoch"] <= c["num_epochs"] and not progress["stopped"]:
-                self.train_epoch(model, optimizer, data, progress, stop)
+                self.train_epoch(model, net, loss, optimizer, data, progress, stop)
         if not len(data[2]):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
         with contextlib.suppress(FileNotFoundError):
@@ -160,11 +161,11 @@ class Engine:
         self.log.info(f"saved model to {c['model_file']}{best}")
         return progress["history"]
 
-    def train_epoch(self, model, optimizer, data, progress, stop):
-        """Trains the rest of epoch `progress["epoch"]`, then validates, logs and saves."""
+    def train_epoch(self, model, net, loss, optimizer, data, progress, stop):
+        """Trains the rest of epoch `progress["epoch"]`, then validates, logs and saves.
+        `net` and `loss` come from `objective(model)`; `model` is what gets saved."""
         c, epoch = self.config, progress["epoch"]
         x_train, y_train, x_valid, y_valid = data
-        net, loss = self.objective(model)
         optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
                                      c["start_epoch_decay"], c["warmup_epochs"])
         if progress["order"] is None:
@@ -254,14 +255,9 @@ class Engine:
 
     def evaluate(self, net, loss, x, y):
         """(mean loss, accuracy, predicted classes) of `net` in eval mode."""
-        net.eval()
-        total, predictions = 0.0, np.empty(len(x), dtype=np.int64)
-        for start in range(0, len(x), EVAL_BATCH):
-            out = net.forward(x[start:start + EVAL_BATCH])
-            total += loss.forward(out, y[start:start + EVAL_BATCH]) * len(out)
-            predictions[start:start + EVAL_BATCH] = out.argmax(axis=1)
-        net.train()
-        return total / len(x), float((predictions == y).mean()), predictions
+        out = forward_in_eval_mode(net, x)
+        predictions = out.argmax(axis=1)
+        return loss.forward(out, y), float((predictions == y).mean()), predictions
 
     def history_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".history.json"
@@ -296,8 +292,7 @@ class Engine:
         """Class probabilities of `model` (eval mode) for the examples x, in batches."""
         net, _ = self.objective(model)
         ends_in_softmax = net is model and isinstance(model.layers[-1], Softmax)
-        net.eval()
-        out = np.concatenate([net.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+        out = forward_in_eval_mode(net, x)
         return out if ends_in_softmax else Softmax(self.dtype).forward(out)
 
     def test(self):
@@ -377,6 +372,16 @@ class Engine:
                     plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
                 self.log.result(f"wrote {target}")
         return probs
+
+
+def forward_in_eval_mode(net, x):
+    """net's outputs for every example of x, in eval mode and batches of EVAL_BATCH; the mode
+    net was in is restored."""
+    was_training = net.training
+    net.eval()
+    out = np.concatenate([net.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    net.train(was_training)
+    return out
 
 
 def first_layer_weight(model, image_shape):

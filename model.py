@@ -85,16 +85,16 @@ class Model(NNModule):
         """A table of the layers (hyperparameters, output shape, parameters, multiply-adds per
         example) with totals, from one zero sample; no data is needed."""
         shapes = self.output_shapes(input_shape)
-        rows = [(str(i), repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}",
-                 f"{layer.multiply_adds(shape):,}") for i, (layer, shape) in enumerate(zip(self.layers, shapes))]
+        macs = [layer.multiply_adds(shape) for layer, shape in zip(self.layers, shapes)]
+        rows = [(str(i), repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}", f"{m:,}")
+                for i, (layer, shape, m) in enumerate(zip(self.layers, shapes, macs))]
         header = ("#", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
         widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
         line = lambda r: " | ".join(f"{v:<{w}}" if c < 3 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         total = sum(p.size for p in self.params.values())
-        macs = sum(layer.multiply_adds(shape) for layer, shape in zip(self.layers, shapes))
         return "\n".join([f"Input shape: {tuple(input_shape)}", line(header), rule, *map(line, rows), rule,
-                          f"Total params: {total:,}", f"Total mult-adds per example: {macs:,}"])
+                          f"Total params: {total:,}", f"Total mult-adds per example: {sum(macs):,}"])
 
     def multiply_adds_per_example(self, input_shape):
         return sum(layer.multiply_adds(shape) for layer, shape in zip(self.layers, self.output_shapes(input_shape)))

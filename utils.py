@@ -47,12 +47,6 @@ def atomic_write(path, mode="wb"):
         raise
 
 
-def write_pickle(path, payload):
-    """Pickles a plain dict to `path` atomically."""
-    with atomic_write(path) as f:
-        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -61,10 +55,11 @@ def _umask():
 
 def save_model(path, model, config, extra=None):
     """Pickles the model's arrays and the config that rebuilds it to `path`, atomically."""
-    write_pickle(path, {"format": FORMAT, "config": config,
-                        "params": {k: np.array(v) for k, v in model.params.items()},
-                        "state": {k: np.array(v) for k, v in model.state.items()},
-                        **(extra or {})})
+    payload = {"format": FORMAT, "config": config,
+               "params": {k: np.array(v) for k, v in model.params.items()},
+               "state": {k: np.array(v) for k, v in model.state.items()}, **(extra or {})}
+    with atomic_write(path) as f:
+        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class UnsafePickle(pickle.UnpicklingError):
@@ -90,7 +85,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 
 def read_pickle(path, what="model file", hint="train first: --task train"):
-    """The dict in a file written by `write_pickle`, checked for format, through the restricted
+    """The dict in a file written by `save_model`, checked for format, through the restricted
     unpickler; ModelFileError for a missing, unsafe, foreign or other-version file."""
     try:
         with open(path, "rb") as f:
