@@ -1,7 +1,14 @@
-"""Runs a task from a validated config: builds the model, loads the data, trains or tests.
+"""Runs a task from a validated config: builds the model, loads the data and trains.
 
-The engine is the only place that brings the parts together: config -> model (model.py),
-optimizer and schedule (optim.py), data (datasets/), files (utils.py), messages (log.py).
+The engine is where the parts meet: config -> model (model.py), optimizer and schedule
+(optim.py), data (datasets/), files (utils.py), messages (log.py). Training happens here; the
+tasks that only look at a network (test, plot, predict, summary) live in tasks.py and get
+their model, data and checks from the engine.
+
+The training step itself is `train_step`: forward, loss, backward, update. Around it,
+`Engine.train_epoch` keeps the books (shuffling, running loss and accuracy, progress, Ctrl-C)
+and `Engine.train` the epochs (learning rate, validation, saving the best model, early stop).
+
 Everything that can be checked without the data (the network chains, fits the dataset's input
 and classes, the model file can be written) is checked before the data is loaded or
 downloaded; only `npz` and `csv` datasets are read first, to learn their shapes.
@@ -16,18 +23,14 @@ import time
 
 import numpy as np
 
+import tasks
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
-from datasets.prepare import prepare_image
 from errors import ConfigError, DataError, ModelFileError
 from log import fmt
-from model import Model, build_model
-from nn_module import LOSSES, CrossEntropyLoss, Flatten, Reshape, Softmax, SoftmaxCrossEntropyLoss
+from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import atomic_write, copy_arrays, load_model, read_pickle, save_model
-
-EVAL_BATCH = 1000
-
+from utils import atomic_write, copy_arrays, read_pickle, save_model
 
 class DivergenceError(ConfigError):
     """Training produced a non-finite loss: the run stops and the best saved model stays."""
@@ -60,9 +63,32 @@ def stop_requests():
 
 
 def new_progress():
-    """Where training stands; a checkpoint saves it and --resume restores it."""
+    """Where training stands; a checkpoint saves it and --resume restores it.
+
+    epoch, batch:      the epoch under way (from 1) and the batches of it already done;
+    order:             that epoch's shuffled example indices (None until it starts);
+    loss_sum, correct: that epoch's running sum of losses (times batch sizes) and right answers;
+    seconds:           its time spent before an interruption;
+    best_accuracy, stale, stopped: the best validation accuracy so far, the validations
+                       since it improved, and whether early stopping ended training;
+    history:           one record per finished epoch (see `Engine.train`).
+    """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
             "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": []}
+
+
+def train_step(model, loss, optimizer, x, y, clip_norm=None):
+    """One step of gradient descent on the batch (x, y); returns (the loss, the model's output)."""
+    # forward
+    out = model.forward(x)
+    value = loss.forward(out, y)
+    # backward: every layer overwrites its grads with dL/dparams
+    model.backward(loss.backward())
+    # update
+    if clip_norm:
+        clip_grad_norm(model.grads, clip_norm)
+    optimizer.step(model.params, model.grads)
+    return value, out
 
 
 class Engine:
@@ -73,12 +99,13 @@ class Engine:
         self.dataset = make_dataset(config)
         self.info = self.dataset.info()
 
-    def run(self, resume=False):
-        if resume and self.config["task"] != "train":
-            raise ConfigError(f"--resume: only the train task can resume, not {self.config['task']!r}")
-        tasks = {"train": lambda: self.train(resume), "test": self.test, "plot": self.plot,
-                 "summary": self.summary, "predict": self.predict}
-        return tasks[self.config["task"]]()
+    def run(self, resume=False, on_epoch=None):
+        task = self.config["task"]
+        if resume and task != "train":
+            raise ConfigError(f"--resume: only the train task can resume, not {task!r}")
+        if task == "train":
+            return self.train(resume, on_epoch)
+        return tasks.TASKS[task](self)
 
     # ---- building and checking, before any data --------------------------------------------
 
@@ -90,14 +117,6 @@ class Engine:
             raise ConfigError(f"network: the last layer gives {output} per example, but "
                               f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)")
 
-    def objective(self, model):
-        """(network to run, loss on its output). A final Softmax with CrossEntropyLoss becomes the
-        network without it and SoftmaxCrossEntropyLoss: the same loss and gradient, in log space."""
-        loss_class = LOSSES[self.config["loss"]]
-        if isinstance(model.layers[-1], Softmax) and loss_class is CrossEntropyLoss:
-            return Model(model.layers[:-1], model.names[:-1]), SoftmaxCrossEntropyLoss(self.dtype)
-        return model, loss_class(self.dtype)
-
     def check_writable(self, path, key="model_file"):
         """ConfigError unless a file can be written at `path` (its folder is created)."""
         folder = os.path.dirname(os.path.abspath(path))
@@ -107,6 +126,11 @@ class Engine:
             raise ConfigError(f"{key}: cannot create folder {folder}: {err.strerror}") from None
         if os.path.isdir(path) or not os.access(folder, os.W_OK):
             raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
+
+    def build_optimizer(self):
+        c = self.config
+        arguments = {k: v for k, v in c["optimizer"].items() if k != "name"}
+        return OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **arguments)
 
     # ---- data --------------------------------------------------------------------------------
 
@@ -128,91 +152,90 @@ class Engine:
 
     # ---- training ----------------------------------------------------------------------------
 
-    def train(self, resume=False):
-        """Trains, saving the model with the best validation accuracy to `model_file` as it goes.
+    def train(self, resume=False, on_epoch=None):
+        """Trains, saving the model with the best validation accuracy to `model_file` as it goes;
+        returns the history, one record per epoch:
+            {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "lr", "seconds"}
+        (valid_* are None in epochs without validation). `on_epoch(record)`, when given, is
+        called after each epoch and may raise to stop training.
 
         SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
         `resume=True` continues from it, giving the weights an uninterrupted run would have.
         """
         c = self.config
-        model = build_model(c["network"], self.dtype, self.rng, c["network_names"]).skip_input_grad()
+        model, loss = build_trainable(c["network"], c["loss"], self.dtype, self.rng, c["network_names"])
+        model.skip_input_grad()
         self.check_fits(model)
         self.check_writable(c["model_file"])
-        optimizer_args = {k: v for k, v in c["optimizer"].items() if k != "name"}
-        optimizer = OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **optimizer_args)
+        optimizer = self.build_optimizer()
         if not resume and os.path.exists(self.checkpoint_path()):
             raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
                               "or delete it to start afresh")
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
         self.log.debug(repr(model))
-        data = self.split(self.load_data())
-        self.log.info(f"training on {len(data[0])} examples, validating on {len(data[2])}; "
+        x_train, y_train, x_valid, y_valid = self.split(self.load_data())
+        self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}; "
                       f"{sum(p.size for p in model.params.values()):,} parameters"
                       + (f"; resuming at epoch {progress['epoch']}, batch {progress['batch'] + 1}" if resume else ""))
-        net, loss = self.objective(model)
         with stop_requests() as stop:
             while progress["epoch"] <= c["num_epochs"] and not progress["stopped"]:
-                self.train_epoch(model, net, loss, optimizer, data, progress, stop)
-        if not len(data[2]):
+                epoch = progress["epoch"]
+                optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
+                                             c["start_epoch_decay"], c["warmup_epochs"])
+                start = time.perf_counter()
+                self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop)
+                record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
+                          "train_accuracy": progress["correct"] / len(x_train),
+                          "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
+                if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
+                    record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(model, loss, x_valid, y_valid)
+                    self.keep_if_best(model, record, progress)
+                record["seconds"] = progress["seconds"] + time.perf_counter() - start
+                progress["history"].append(record)
+                self.log.info(epoch_line(record, c["num_epochs"]))
+                self.save_history(progress["history"])
+                progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
+                if c["patience"] and progress["stale"] >= c["patience"]:
+                    self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
+                    progress["stopped"] = True
+                if on_epoch:
+                    on_epoch(record)
+        if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.checkpoint_path())
-        best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(data[2]) else ""
+        best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(x_valid) else ""
         self.log.info(f"saved model to {c['model_file']}{best}")
         return progress["history"]
 
-    def train_epoch(self, model, net, loss, optimizer, data, progress, stop):
-        """Trains the rest of epoch `progress["epoch"]`, then validates, logs and saves.
-        `net` and `loss` come from `objective(model)`; `model` is what gets saved."""
-        c, epoch = self.config, progress["epoch"]
-        x_train, y_train, x_valid, y_valid = data
-        optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
-                                     c["start_epoch_decay"], c["warmup_epochs"])
-        if progress["order"] is None:
-            progress["order"] = self.rng.permutation(len(x_train))
-        start = time.perf_counter()
-        self.train_batches(net, loss, optimizer, x_train, y_train, progress, stop, model)
-        record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
-                  "train_accuracy": progress["correct"] / len(x_train),
-                  "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
-        if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
-            record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(net, loss, x_valid, y_valid)
-            if record["valid_accuracy"] > progress["best_accuracy"]:
-                progress["best_accuracy"], progress["stale"] = record["valid_accuracy"], 0
-                save_model(c["model_file"], model, c, {"epoch": epoch})
-            else:
-                progress["stale"] += 1
-        record["seconds"] = progress["seconds"] + time.perf_counter() - start
-        progress["history"].append(record)
-        self.log.info(epoch_line(record, c["num_epochs"]))
-        self.save_history(progress["history"])
-        progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
-        if c["patience"] and progress["stale"] >= c["patience"]:
-            self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
-            progress["stopped"] = True
+    def keep_if_best(self, model, record, progress):
+        """Saves the model when its validation accuracy beats the best so far (the earliest wins a tie)."""
+        if record["valid_accuracy"] > progress["best_accuracy"]:
+            progress["best_accuracy"], progress["stale"] = record["valid_accuracy"], 0
+            save_model(self.config["model_file"], model, self.config, {"epoch": record["epoch"]})
+        else:
+            progress["stale"] += 1
 
-    def train_batches(self, net, loss, optimizer, x, y, progress, stop, model):
-        """The remaining mini-batches of the epoch, in the order `progress["order"]`."""
-        batch_size, order, epoch = self.config["batch_size"], progress["order"], progress["epoch"]
+    def train_epoch(self, model, loss, optimizer, x, y, progress, stop):
+        """Runs train_step on the epoch's remaining mini-batches, in the shuffled order
+        `progress["order"]`, and keeps the running loss and accuracy in `progress`."""
+        c, epoch = self.config, progress["epoch"]
+        if progress["order"] is None:
+            progress["order"] = self.rng.permutation(len(x))
+        batch_size, order = c["batch_size"], progress["order"]
         batches, start, first = math.ceil(len(x) / batch_size), time.perf_counter(), progress["batch"]
-        net.train()
-        while progress["batch"] < batches:
-            b = progress["batch"]
+        model.train()
+        for b in range(first, batches):
             index = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[index], y[index]
-            if self.config["augment"]:                         # training batches only
-                xb = random_affine(xb, self.info.image_shape, self.rng, **self.config["augment"])
+            if c["augment"]:                                   # training batches only
+                xb = random_affine(xb, self.info.image_shape, self.rng, **c["augment"])
             with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
-                out = net.forward(xb)
-                value = loss.forward(out, yb)
+                value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
             if not math.isfinite(value):
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
-                                      f"in {self.config['model_file']}")
-            net.backward(loss.backward())
-            if self.config["clip_grad_norm"]:
-                clip_grad_norm(net.grads, self.config["clip_grad_norm"])
-            optimizer.step(net.params, net.grads)
+                                      f"in {c['model_file']}")
             progress["loss_sum"] += value * len(index)
             progress["correct"] += int((out.argmax(axis=1) == yb).sum())
             progress["batch"] = b + 1
@@ -227,7 +250,13 @@ class Engine:
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{self.checkpoint_path()}: continue with --resume")
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    def evaluate(self, model, loss, x, y):
+        """(mean loss, accuracy, predicted classes) of `model` in eval mode."""
+        out = forward_in_eval_mode(model, x)
+        predictions = out.argmax(axis=1)
+        return float(loss.forward(out, y)), float((predictions == y).mean()), predictions
+
+    # ---- checkpoints and history -------------------------------------------------------------
 
     def checkpoint_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".ckpt"
@@ -253,12 +282,6 @@ class Engine:
         self.rng.bit_generator.state = payload["rng"]
         return payload["progress"]
 
-    def evaluate(self, net, loss, x, y):
-        """(mean loss, accuracy, predicted classes) of `net` in eval mode."""
-        out = forward_in_eval_mode(net, x)
-        predictions = out.argmax(axis=1)
-        return loss.forward(out, y), float((predictions == y).mean()), predictions
-
     def history_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".history.json"
 
@@ -276,143 +299,6 @@ class Engine:
     def save_history(self, history):
         with atomic_write(self.history_path(), "w") as f:
             json.dump(history, f, indent=1)
-
-    # ---- testing and looking ------------------------------------------------------------------
-
-    def load_trained(self):
-        """The trained model from `model_file`, checked against the dataset, in eval mode."""
-        model, saved = load_model(self.config["model_file"])
-        self.dtype = model.dtype                      # the data is cast to what the model was saved in
-        if saved.get("dataset") != self.config["dataset"]:
-            self.log.warning(f"the model was trained on {saved.get('dataset')}, not {self.config['dataset']}")
-        self.check_fits(model)
-        return model
-
-    def probabilities(self, model, x):
-        """Class probabilities of `model` (eval mode) for the examples x, in batches."""
-        net, _ = self.objective(model)
-        ends_in_softmax = net is model and isinstance(model.layers[-1], Softmax)
-        out = forward_in_eval_mode(net, x)
-        return out if ends_in_softmax else Softmax(self.dtype).forward(out)
-
-    def test(self):
-        """Evaluates the saved model on the test set: the seed's three lines, then per-class
-        accuracy and the confusion matrix."""
-        model = self.load_trained()
-        data = self.load_data()
-        y = data["y_test"]
-        predicted = self.probabilities(model, data["x_test"]).argmax(axis=1)
-        errors, n = int((predicted != y).sum()), len(y)
-        self.log.result(f"Number of errors: {errors}/{n}")
-        self.log.result(f"Error Rate: {100 * errors / n:.2f}%")
-        self.log.result(f"Test accuracy: {100 * (n - errors) / n:.2f}%")
-        matrix = confusion_matrix(y, predicted, self.info.num_classes)
-        self.log.result(confusion_text(matrix, self.info.class_names))
-        return (n - errors) / n
-
-    def summary(self):
-        """Prints the network as a table, from the config alone (no data, no model file)."""
-        model = build_model(self.config["network"], self.dtype, self.rng, self.config["network_names"])
-        self.check_fits(model)
-        self.log.result(model.summary(self.info.input_shape))
-
-    def plot(self):
-        """Writes PNG pictures of the data and, with a trained model, of what it learned."""
-        import plots
-        c, info = self.config, self.info
-        show, folder, split, count = c["show"], c["plot_dir"], c["plot"]["split"], c["plot"]["count"]
-        self.check_writable(os.path.join(folder, "samples.png"), "plot_dir")
-        model = self.load_trained() if c["plot"]["model"] else None
-        data = self.load_data()
-        x, y = data[f"x_{split}"][:count], data[f"y_{split}"][:count]
-        paths = [plots.samples(x, y, info.class_names, info.image_shape, os.path.join(folder, "samples.png"),
-                               show, title=f"{c['dataset']} {split} samples")]
-        if model is not None:
-            probs = self.probabilities(model, data["x_test"])
-            matrix = confusion_matrix(data["y_test"], probs.argmax(axis=1), info.num_classes)
-            paths.append(plots.confusion(matrix, info.class_names, os.path.join(folder, "confusion.png"), show))
-            paths.append(plots.mistakes(data["x_test"], data["y_test"], probs, info.class_names, info.image_shape,
-                                        os.path.join(folder, "mistakes.png"), show=show))
-            weight = first_layer_weight(model, info.image_shape)
-            if weight is None:
-                self.log.info("first_layer.png skipped: the first layer with weights does not read the pixels")
-            else:
-                paths.append(plots.first_layer(weight, info.image_shape, os.path.join(folder, "first_layer.png"),
-                                               show=show))
-            history = self.read_history()
-            if history:
-                paths.append(plots.training_curves(history, os.path.join(folder, "curves.png"), show))
-        for path in paths:
-            self.log.result(f"wrote {path}")
-        if show:
-            plots.pyplot(show).show()
-        return paths
-
-    def predict(self):
-        """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`."""
-        c, names = self.config, self.info.class_names
-        if not c["input"]:
-            raise ConfigError("input: no images to predict (give them with --input FILE [FILE ...])")
-        if int(np.prod(self.info.input_shape)) != 28 * 28:
-            raise ConfigError(f"dataset: predict prepares 28x28 images, but {c['dataset']} has examples "
-                              f"of shape {self.info.input_shape}")
-        model = self.load_trained()
-        images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
-        probs = self.probabilities(model, images.reshape(len(images), *self.info.input_shape).astype(self.dtype))
-        for path, image, p in zip(c["input"], images, probs):
-            top = np.argsort(-p)[:3]
-            others = ", ".join(f"{names[k]} {p[k]:.4f}" for k in top)
-            self.log.result(f"{path}: {names[top[0]]} {p[top[0]]:.4f} (top-3: {others})")
-            if c["save_prepared"]:
-                import plots
-                stem = os.path.splitext(os.path.basename(path))[0]
-                target = os.path.join(c["plot_dir"], f"{stem}.prepared.png")
-                self.check_writable(target, "plot_dir")
-                with atomic_write(target) as f:
-                    plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
-                self.log.result(f"wrote {target}")
-        return probs
-
-
-def forward_in_eval_mode(net, x):
-    """net's outputs for every example of x, in eval mode and batches of EVAL_BATCH; the mode
-    net was in is restored."""
-    was_training = net.training
-    net.eval()
-    out = np.concatenate([net.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
-    net.train(was_training)
-    return out
-
-
-def first_layer_weight(model, image_shape):
-    """The first weights that read the pixels: a Linear's (n_in, n_out) or a Conv2D's
-    (F, C, k, k) right after the input (only reshaping layers before it), else None."""
-    for layer in model.layers:
-        if "weight" in layer.params:
-            weight = layer.params["weight"]
-            reads_pixels = weight.ndim == 4 or weight.shape[0] == int(np.prod(image_shape))
-            return weight if reads_pixels else None
-        if not isinstance(layer, (Reshape, Flatten)):
-            return None
-    return None
-
-
-def confusion_matrix(y, predicted, num_classes):
-    """matrix[i, j] = how many examples of class i were predicted as class j."""
-    return np.bincount(y * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def confusion_text(matrix, class_names):
-    """Per-class accuracy, then the confusion matrix (rows true, columns predicted), as text."""
-    width = max(6, *map(len, class_names))
-    lines = ["", "Per-class accuracy:"]
-    for name, row, hits in zip(class_names, matrix, np.diag(matrix)):
-        lines.append(f"  {name:>{width}}: {100 * hits / max(row.sum(), 1):6.2f}%  ({hits}/{row.sum()})")
-    lines += ["", "Confusion matrix (rows: true class, columns: predicted class):",
-              " " * (width + 2) + "".join(f"{name[:width]:>{width + 1}}" for name in class_names)]
-    for name, row in zip(class_names, matrix):
-        lines.append(f"  {name:>{width}}" + "".join(f"{v:>{width + 1}}" for v in row))
-    return "\n".join(lines)
 
 
 def epoch_line(record, num_epochs):

@@ -11,7 +11,9 @@ import re
 import numpy as np
 
 from errors import ConfigError
-from nn_module import NNModule, get_module
+from nn_module import LOSSES, CrossEntropyLoss, NNModule, Softmax, SoftmaxCrossEntropyLoss, get_module
+
+EVAL_BATCH = 1000      # examples per forward pass when a whole split is evaluated
 
 
 class Model(NNModule):
@@ -128,3 +130,29 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
     if not layers:
         raise ConfigError("network: expected at least one layer, got none")
     return Model(layers, names)
+
+
+def build_trainable(network, loss, dtype=np.float32, rng=None, names=None):
+    """(model, loss object) to train: `build_model(network)` and the loss class named `loss`.
+
+    A network that ends in Softmax and is trained with CrossEntropyLoss is built without that
+    Softmax, and trained with SoftmaxCrossEntropyLoss on its logits: the same loss and gradient,
+    computed in log space, so it stays finite where a probability underflows to 0. The model is
+    one object, the one that trains and is saved (Softmax has no parameters, so its arrays are
+    those of the whole network); no second network has to share its layers to reach the logits.
+    """
+    names = list(names) if names is not None else [f"network[{i}]" for i in range(len(network))]
+    loss_class = LOSSES[loss]
+    if network and network[-1].get("class") == Softmax.__name__ and loss_class is CrossEntropyLoss:
+        network, names, loss_class = network[:-1], names[:-1], SoftmaxCrossEntropyLoss
+    return build_model(network, dtype, rng, names), loss_class(dtype)
+
+
+def forward_in_eval_mode(model, x):
+    """The model's outputs for every example of x, in eval mode and batches of EVAL_BATCH;
+    the mode the model was in is restored."""
+    was_training = model.training
+    model.eval()
+    out = np.concatenate([model.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    model.train(was_training)
+    return out

@@ -282,8 +282,9 @@ def windows(x, size, stride, padding):
 
 
 def scatter_windows(grad_win, input_shape, stride, padding):
-    """The adjoint of `windows`: adds each window's gradient (N, C, OH, OW, k, k) back onto the
-    pixels it was read from; returns (N, C, H, W). One slice-add per tap, never per pixel."""
+    """col2im, the adjoint of `windows` (im2col): adds each window's gradient (N, C, OH, OW, k, k)
+    back onto the pixels it was read from; returns (N, C, H, W). A pixel read by several
+    windows gets the sum of their gradients. One slice-add per tap, never per pixel."""
     n, c, h, w = input_shape
     oh, ow, k = grad_win.shape[2], grad_win.shape[3], grad_win.shape[4]
     grad = np.zeros((n, c, h + 2 * padding, w + 2 * padding), grad_win.dtype)
@@ -309,7 +310,9 @@ class Conv2D(NNModule):
 
         y[n, f, i, j] = bias[f] + sum_{c, k, l} weight[f, c, k, l] * xp[n, c, i*stride + k, j*stride + l]
 
-    where xp is x zero-padded by `padding` pixels on each side.
+    where xp is x zero-padded by `padding` pixels on each side. `naive_conv` in
+    tests/test_layers.py computes exactly this with four loops; the tests hold this layer to it.
+    Here the loops become one matrix product: im2col lays every window out as a column.
 
     Args:
         in_channels, out_channels: C and F.
@@ -336,27 +339,28 @@ class Conv2D(NNModule):
 
     def forward(self, x):
         check_image(x, self.in_channels, self.kernel_size, self.padding)
-        win = windows(x, self.kernel_size, self.stride, self.padding)        # (N, C, OH, OW, k, k)
-        n, c, oh, ow, k, _ = win.shape
+        win = windows(x, self.kernel_size, self.stride, self.padding)
+        n, c, oh, ow, k, _ = win.shape                                        # win: (N, C, OH, OW, k, k)
+        f = self.out_channels
         self.x_shape = x.shape
         # im2col: one copy of the view, with each output pixel's window as a column.
         cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)   # (C*k*k, N*OH*OW)
         self.cols = cols if self.training else None          # eval needs no backward: free it at once
-        y = self.params["weight"].reshape(self.out_channels, -1) @ cols                # (F, N*OH*OW)
+        y = self.params["weight"].reshape(f, c * k * k) @ cols                   # (F, N*OH*OW)
         y += self.params["bias"][:, None]
-        return y.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3)          # (N, F, OH, OW)
+        return y.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)                      # (N, F, OH, OW)
 
     def backward(self, grad_y):
         n, f, oh, ow = grad_y.shape
         c, k = self.in_channels, self.kernel_size
         grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
-        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, -1))   # dL/dweight = dy @ cols.T
+        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, c * k * k))   # dL/dW = dy @ cols.T
         np.sum(grad_rows, axis=1, out=self.grads["bias"])
         if not self.needs_grad_x:
             return None
-        grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = weight.T @ dy
+        grad_cols = self.params["weight"].reshape(f, c * k * k).T @ grad_rows      # dL/dcols = W.T @ dy: (C*k*k, N*OH*OW)
         grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
-        return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)
+        return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)   # col2im
 
     def multiply_adds(self, y_shape):                # every output value is a C*k*k dot product
         return int(np.prod(y_shape)) * self.in_channels * self.kernel_size ** 2
@@ -575,12 +579,10 @@ class BatchNorm(NNModule):
             return grad_y * scale
         # mean and var depend on x. With m values per channel, and since sum(dL/dx_hat) =
         # gamma * grads["beta"] and sum(dL/dx_hat * x_hat) = gamma * grads["gamma"]:
-        # dL/dx = gamma * inv_std / m * (m dL/dy - grads["beta"] - x_hat * grads["gamma"])
+        # dL/dx = gamma * inv_std * (dL/dy - grads["beta"] / m - x_hat * grads["gamma"] / m)
         m = grad_y.size // self.num_features
-        grad_x = self.x_hat * self.grads["gamma"].reshape(shape)
-        grad_x += self.grads["beta"].reshape(shape)
-        np.subtract(m * grad_y, grad_x, out=grad_x)
-        grad_x *= scale / m
+        grad_x = grad_y - (self.grads["beta"] / m).reshape(shape) - self.x_hat * (self.grads["gamma"] / m).reshape(shape)
+        grad_x *= scale
         return grad_x
 
     def extra_repr(self):

@@ -20,7 +20,7 @@ stderr) and writes the numbers as JSON (default benchmarks/results.json). It ass
              imports they also run in PyTorch (CPU, the same threads, batch, optimizer and
              images), after all numpy work so that neither library's idle threads slow the other.
   inference  network1's forward passes in eval mode over the 10,000 test images as the test task
-             runs them (`Engine.probabilities`), with models/network1.pkl or else fresh weights;
+             runs them (`tasks.probabilities`), with models/network1.pkl or else fresh weights;
              with that file also the wall time of `main.py configs/network1.json --task test`.
   load       `load_mnist` from the cache in data/, already verified.
   memory     peak resident memory of `main.py configs/network1.json` training for one epoch.
@@ -58,10 +58,11 @@ sys.path.insert(0, ROOT)
 
 from config import read_json, validate  # noqa: E402  (needs ROOT on the path)
 from datasets.mnist import load_mnist  # noqa: E402
-from engine import EVAL_BATCH, Engine  # noqa: E402
+import tasks  # noqa: E402
+from engine import Engine  # noqa: E402
 from errors import ConfigError  # noqa: E402
 from log import Logger  # noqa: E402
-from model import build_model  # noqa: E402
+from model import EVAL_BATCH, build_model  # noqa: E402
 
 EPOCHS = ("mlp", "conv", "network1", "cnn")
 NAMES = ("peak", *EPOCHS, "inference", "load", "memory")
@@ -211,12 +212,12 @@ def inference(data, repeats):
     """(median seconds of network1's test-set forward passes, the model file used or FRESH)."""
     engine = PreloadedEngine(make_config("network1", task="test"), data)
     try:
-        model, weights = engine.load_trained(), engine.config["model_file"]
+        model, weights = tasks.load_trained(engine), engine.config["model_file"]
     except ConfigError:
         c = engine.config
         model, weights = build_model(c["network"], engine.dtype, engine.rng, c["network_names"]), FRESH
-    engine.probabilities(model, data["x_test"])
-    return median_seconds(lambda: engine.probabilities(model, data["x_test"]).argmax(axis=1), repeats), weights
+    tasks.probabilities(model, data["x_test"])
+    return median_seconds(lambda: tasks.probabilities(model, data["x_test"]).argmax(axis=1), repeats), weights
 
 
 def run_main(*args):
