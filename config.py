@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 
+from backend import DEVICES
 from datasets import BROKEN, DATASETS
 from errors import ConfigError
 from nn_module import LAYERS, LOSSES
@@ -34,6 +35,7 @@ DEFAULTS = {
     "log_level": 1,             # 0 warnings, 1 a line per epoch, 2 progress, 3 debug
     "seed": 0,
     "dtype": "float32",
+    "device": "cpu",            # cpu (numpy) | gpu (CuPy on an NVIDIA GPU)
     "batch_size": 100,
     "num_epochs": 30,
     "lr": 0.1,
@@ -147,6 +149,7 @@ CHECKS = {
     "log_level": _integer(0, 3),
     "seed": _integer(0),
     "dtype": _choice(("float32", "float64")),
+    "device": _choice(DEVICES),
     "batch_size": _integer(1),
     "num_epochs": _integer(1),
     "lr": _number(0, math.inf, low_open=True),

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 import tasks
+from backend import get_backend, map_arrays, to_numpy
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError, ModelFileError
@@ -98,14 +99,35 @@ class Engine:
         self.rng = np.random.default_rng(config["seed"])
         self.dataset = make_dataset(config)
         self.info = self.dataset.info()
+        self._backend = None
+
+    @property
+    def backend(self):
+        """Where the arrays live (backend.py), set up on first use: the summary task needs none."""
+        if self._backend is None:
+            self._backend = get_backend(self.config["device"])
+        return self._backend
 
     def run(self, resume=False, on_epoch=None):
         task = self.config["task"]
         if resume and task != "train":
             raise ConfigError(f"--resume: only the train task can resume, not {task!r}")
-        if task == "train":
-            return self.train(resume, on_epoch)
-        return tasks.TASKS[task](self)
+        try:
+            return self.train(resume, on_epoch) if task == "train" else tasks.TASKS[task](self)
+        except Exception as err:
+            if self._backend is None or not isinstance(err, self._backend.out_of_memory):
+                raise
+            raise ConfigError(f"device: out of {self._backend.name.upper()} memory ({err}); use a smaller "
+                              "batch_size or network, or another device") from None
+
+    def to_device(self, model):
+        """`model` with its arrays on the run's device, its random layers (Dropout) drawing from
+        the device's source of the run's random numbers."""
+        model.map_arrays(self.backend.to_device)
+        for layer in model.layers:
+            if hasattr(layer, "rng"):
+                layer.rng = self.backend.random(self.rng)
+        return model
 
     # ---- building and checking, before any data --------------------------------------------
 
@@ -172,9 +194,12 @@ class Engine:
             raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
                               "or delete it to start afresh")
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
+        self.to_device(model)
+        optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
-        x_train, y_train, x_valid, y_valid = self.split(self.load_data())
-        self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}; "
+        x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data()))
+        where = f" on {self.backend.describe()}" if self.backend.name != "cpu" else ""
+        self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}{where}; "
                       f"{sum(p.size for p in model.params.values()):,} parameters"
                       + (f"; resuming at epoch {progress['epoch']}, batch {progress['batch'] + 1}" if resume else ""))
         with stop_requests() as stop:
@@ -222,14 +247,16 @@ class Engine:
         c, epoch = self.config, progress["epoch"]
         if progress["order"] is None:
             progress["order"] = self.rng.permutation(len(x))
-        batch_size, order = c["batch_size"], progress["order"]
+        batch_size, order = c["batch_size"], self.backend.to_device(progress["order"])
         batches, start, first = math.ceil(len(x) / batch_size), time.perf_counter(), progress["batch"]
+        correct = progress["correct"]      # counted where the outputs are: no copy to the host per batch
+        random = self.backend.random(self.rng)
         model.train()
         for b in range(first, batches):
             index = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[index], y[index]
             if c["augment"]:                                   # training batches only
-                xb = random_affine(xb, self.info.image_shape, self.rng, **c["augment"])
+                xb = random_affine(xb, self.info.image_shape, random, **c["augment"])
             with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
                 value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
             if not math.isfinite(value):
@@ -237,18 +264,20 @@ class Engine:
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
                                       f"in {c['model_file']}")
             progress["loss_sum"] += value * len(index)
-            progress["correct"] += int((out.argmax(axis=1) == yb).sum())
+            correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
-            self.log.progress(b + 1, batches, f"loss {fmt(progress['loss_sum'] / seen)} acc "
-                                              f"{progress['correct'] / seen:.4f} {rate:.0f} ex/s "
-                                              f"eta {(len(x) - seen) / rate:.0f}s")
+            self.log.progress(b + 1, batches, lambda: f"loss {fmt(progress['loss_sum'] / seen)} acc "
+                                                      f"{int(correct) / seen:.4f} {rate:.0f} ex/s "
+                                                      f"eta {(len(x) - seen) / rate:.0f}s")
             if stop.is_set():
+                progress["correct"] = int(correct)
                 progress["seconds"] += time.perf_counter() - start
                 self.save_checkpoint(model, optimizer, progress)
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{self.checkpoint_path()}: continue with --resume")
+        progress["correct"] = int(correct)
 
     def evaluate(self, model, loss, x, y):
         """(mean loss, accuracy, predicted classes) of `model` in eval mode."""
@@ -264,7 +293,8 @@ class Engine:
     def save_checkpoint(self, model, optimizer, progress):
         """Everything a resumed run needs: weights, optimizer state, random state, position."""
         save_model(self.checkpoint_path(), model, self.config, {
-            "optimizer": optimizer.state_dict(), "rng": self.rng.bit_generator.state, "progress": progress})
+            "optimizer": map_arrays(to_numpy, optimizer.state_dict()), "rng": self.rng.bit_generator.state,
+            "progress": progress})
 
     def load_checkpoint(self, model, optimizer):
         """Restores model, optimizer and random state from the checkpoint; returns the progress."""
@@ -272,7 +302,7 @@ class Engine:
         payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
         if not {"optimizer", "rng", "progress"} <= payload.keys():
             raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
-        ignored = ("task", "log_level", "log_file")
+        ignored = ("task", "log_level", "log_file", "device")   # a checkpoint holds numpy arrays: any device resumes it
         changed = [k for k in self.config if k not in ignored and payload["config"].get(k) != self.config[k]]
         if changed:
             raise ConfigError(f"--resume: {path} was made with other values of {', '.join(changed)}; "

@@ -51,20 +51,21 @@ class Logger:
 
     def progress(self, done, total, text=""):
         """At level 2, a progress line: redrawn in place on a terminal at most 10 times a second,
-        otherwise printed as a plain line about four times per `total`."""
+        otherwise printed as a plain line about four times per `total`. `text` may be a function
+        giving the text, called only when a line is shown (it may have to copy from a GPU)."""
         if self.level < 2:
             return
-        line = f"{done}/{total if total is not None else '?'} {text}".rstrip()
+        line = lambda: f"{done}/{total if total is not None else '?'} {text() if callable(text) else text}".rstrip()
         now = time.monotonic()
         if self.stream.isatty():
             if now - self._last_draw >= 0.1 or done == total:
-                self.stream.write("\r" + line + "\033[K")
+                self.stream.write("\r" + line() + "\033[K")
                 self.stream.flush()
                 self._drawn, self._last_draw = done != total, now
                 if done == total:
                     self.stream.write("\n")
         elif total and (done == total or done % -(-total // 4) == 0):   # -(-a // b) is ceil(a / b)
-            self._emit(line, self.stream)
+            self._emit(line(), self.stream)
 
     def close(self):
         if self.file:

@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from backend import DEVICES
 from config import TASKS, load_config
 from engine import Engine, Interrupted
 from errors import ConfigError
@@ -39,6 +40,9 @@ def parse_args(argv):
                         help="predict: also write the 28x28 image fed to the network into plot_dir (default: off)")
     parser.add_argument("--show", action="store_true",
                         help="plot: also open the figures in a window when there is a display (default: off)")
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help="where to compute: cpu (numpy) or gpu (CuPy on an NVIDIA GPU) "
+                             "(default: the config's \"device\", itself 'cpu' by default)")
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the checkpoint an interrupted run left beside "
                              "model_file (default: start afresh)")
@@ -62,7 +66,7 @@ def main(argv=None):
         overrides = args.overrides + [f"{key}={value}" for key, value in (
             ("input", json.dumps(args.input) if args.input else None),
             ("save_prepared", "true" if args.save_prepared else None),
-            ("show", "true" if args.show else None)) if value is not None]
+            ("show", "true" if args.show else None), ("device", args.device)) if value is not None]
         config = load_config(args.config, overrides, args.task)
         config["log_level"] = min(3, max(0, config["log_level"] + args.verbose - args.quiet))
         try:

@@ -28,6 +28,10 @@ class Model(NNModule):
         super().__init__(layers[0].dtype if layers else np.float32)
         self.layers = list(layers)
         self.names = list(names) if names is not None else [f"network[{i}]" for i in range(len(layers))]
+        self.gather()
+
+    def gather(self):
+        """Fills params, grads and state with the layers' arrays under dotted names ("0.weight")."""
         for i, layer in enumerate(self.layers):
             for table, own in ((self.params, layer.params), (self.grads, layer.grads), (self.state, layer.state)):
                 table.update({f"{i}.{k}": v for k, v in own.items()})
@@ -56,6 +60,12 @@ class Model(NNModule):
         super().train(mode)
         for layer in self.layers:
             layer.train(mode)
+        return self
+
+    def map_arrays(self, fn):
+        for layer in self.layers:
+            layer.map_arrays(fn)
+        self.gather()
         return self
 
     def __repr__(self):

@@ -3,6 +3,10 @@
 This file is the maths of the project and nothing else: it imports only numpy, never prints,
 and knows nothing of configs, data, optimizers or files.
 
+The same code runs on a GPU: given CuPy arrays, numpy hands each call to CuPy (see backend.py).
+So arrays are created beside their siblings (`np.zeros_like(x, shape=...)`, `np.arange(n,
+like=x)`), never from a bare shape, which would make a host array on a GPU run.
+
 The contract every layer keeps (see `NNModule`):
   * `y = forward(x)` caches only what `backward` needs;
   * `grad_x = backward(grad_y)` returns dL/dx and overwrites `grads[k]` with dL/d`params[k]`
@@ -122,6 +126,14 @@ class NNModule:
 
     def train(self, mode=True):
         self.training = bool(mode)
+        return self
+
+    def map_arrays(self, fn):
+        """Replaces every array of params, grads and state by fn(array): how the engine moves a
+        layer to the GPU (fn = Backend.to_device). A layer never moves its own data."""
+        for table in (self.params, self.grads, self.state):
+            for name, array in table.items():
+                table[name] = fn(array)
         return self
 
     def eval(self):
@@ -287,7 +299,7 @@ def scatter_windows(grad_win, input_shape, stride, padding):
     windows gets the sum of their gradients. One slice-add per tap, never per pixel."""
     n, c, h, w = input_shape
     oh, ow, k = grad_win.shape[2], grad_win.shape[3], grad_win.shape[4]
-    grad = np.zeros((n, c, h + 2 * padding, w + 2 * padding), grad_win.dtype)
+    grad = np.zeros_like(grad_win, shape=(n, c, h + 2 * padding, w + 2 * padding))
     for i in range(k):
         for j in range(k):          # tap (i, j) of window (a, b) read pixel (a*stride + i, b*stride + j)
             grad[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += grad_win[:, :, :, :, i, j]
@@ -399,7 +411,7 @@ class MaxPool2D(NNModule):
         for t, (_, _, tap) in enumerate(self.taps(x)):
             if y is None:
                 index_type = np.min_scalar_type(self.kernel_size ** 2 - 1)   # uint8 up to 16x16 windows
-                y, self.first = tap.copy(), np.zeros(tap.shape, index_type)   # first: the tap holding the max
+                y, self.first = tap.copy(), np.zeros_like(tap, dtype=index_type)   # first: the tap holding the max
             else:
                 larger = tap > y                                  # strictly: a tie keeps the earlier tap
                 np.copyto(self.first, t, where=larger)
@@ -410,7 +422,7 @@ class MaxPool2D(NNModule):
     def backward(self, grad_y):
         k, s, (oh, ow) = self.kernel_size, self.stride, grad_y.shape[2:]
         tiled = s == k and self.x_shape[2] == k * oh and self.x_shape[3] == k * ow   # windows cover x once
-        grad_x = (np.empty if tiled else np.zeros)(self.x_shape, self.dtype)
+        grad_x = (np.empty_like if tiled else np.zeros_like)(grad_y, shape=self.x_shape)
         for t, (i, j) in enumerate(np.ndindex(k, k)):
             into = grad_x[:, :, i:i + s * oh:s, j:j + s * ow:s]    # the pixels tap (i, j) read
             if tiled:
@@ -622,11 +634,12 @@ class SoftmaxCrossEntropyLoss(Loss):
         shifted = logits - logits.max(axis=1, keepdims=True)     # exp(shifted) <= 1: no overflow
         self.log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         self.labels = labels
-        return float(-self.log_probs[np.arange(len(labels)), labels].mean())
+        rows = np.arange(len(labels), like=logits)
+        return float(-self.log_probs[rows, labels].mean())
 
     def backward(self):                                          # dL/dlogits = (softmax - onehot) / N
         grad = np.exp(self.log_probs)
-        grad[np.arange(len(self.labels)), self.labels] -= 1
+        grad[np.arange(len(self.labels), like=grad), self.labels] -= 1
         return grad / len(self.labels)
 
 
@@ -645,13 +658,15 @@ class CrossEntropyLoss(Loss):
 
     def forward(self, probs, labels):
         self.probs, self.labels = probs, labels
+        rows = np.arange(len(labels), like=probs)
         with np.errstate(divide="ignore"):                       # log(0) = -inf is the honest answer
-            return float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+            return float(-np.log(probs[rows, labels]).mean())
 
     def backward(self):                                          # dL/dp = -1 / (N p) at the label
         n = len(self.labels)
+        rows = np.arange(n, like=self.probs)
         grad = np.zeros_like(self.probs)
-        grad[np.arange(n), self.labels] = -1 / (n * self.probs[np.arange(n), self.labels])
+        grad[rows, self.labels] = -1 / (n * self.probs[rows, self.labels])
         return grad
 
 
@@ -668,7 +683,7 @@ class MSELoss(Loss):
 
     def forward(self, pred, target):
         if target.shape != pred.shape:                           # labels -> one-hot targets
-            target = np.eye(pred.shape[1], dtype=pred.dtype)[target]
+            target = np.eye(pred.shape[1], dtype=pred.dtype, like=pred)[target]
         self.diff = pred - target
         return float((self.diff * self.diff).mean())
 

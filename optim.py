@@ -223,7 +223,7 @@ class AdamW(Adam):
 def clip_grad_norm(grads, max_norm):
     """Scales every gradient in place so that their joint L2 norm is at most `max_norm`;
     returns the norm before clipping."""
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    norm = math.sqrt(float(sum(np.vdot(g, g) for g in grads.values())))    # one copy to the host
     if norm > max_norm:
         for g in grads.values():
             g *= max_norm / norm

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from backend import to_numpy
 from datasets.prepare import prepare_image
 from errors import ConfigError
 from model import build_model, forward_in_eval_mode
@@ -15,13 +16,14 @@ from utils import atomic_write, load_model
 
 
 def load_trained(engine):
-    """The trained model from `model_file`, checked against the dataset, in eval mode."""
+    """The trained model from `model_file`, checked against the dataset, in eval mode, on the
+    run's device."""
     model, saved = load_model(engine.config["model_file"])
     engine.dtype = model.dtype                    # the data is cast to what the model was saved in
     if saved.get("dataset") != engine.config["dataset"]:
         engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {engine.config['dataset']}")
     engine.check_fits(model)
-    return model
+    return engine.to_device(model)
 
 
 def probabilities(model, x):
@@ -31,13 +33,18 @@ def probabilities(model, x):
     return out if isinstance(model.layers[-1], Softmax) else Softmax(model.dtype).forward(out)
 
 
+def host_probabilities(engine, model, x):
+    """`probabilities` for the numpy examples x, computed on the run's device, as numpy."""
+    return to_numpy(probabilities(model, engine.backend.to_device(x)))
+
+
 def test(engine):
     """Evaluates the saved model on the test set: the seed's three lines, then per-class
     accuracy and the confusion matrix."""
     model = load_trained(engine)
     data = engine.load_data()
     y = data["y_test"]
-    predicted = probabilities(model, data["x_test"]).argmax(axis=1)
+    predicted = host_probabilities(engine, model, data["x_test"]).argmax(axis=1)
     errors, n = int((predicted != y).sum()), len(y)
     engine.log.result(f"Number of errors: {errors}/{n}")
     engine.log.result(f"Error Rate: {100 * errors / n:.2f}%")
@@ -67,7 +74,7 @@ def plot(engine):
     paths = [plots.samples(x, y, info.class_names, info.image_shape, os.path.join(folder, "samples.png"),
                            show, title=f"{c['dataset']} {split} samples")]
     if model is not None:
-        probs = probabilities(model, data["x_test"])
+        probs = host_probabilities(engine, model, data["x_test"])
         matrix = confusion_matrix(data["y_test"], probs.argmax(axis=1), info.num_classes)
         paths.append(plots.confusion(matrix, info.class_names, os.path.join(folder, "confusion.png"), show))
         paths.append(plots.mistakes(data["x_test"], data["y_test"], probs, info.class_names, info.image_shape,
@@ -76,7 +83,7 @@ def plot(engine):
         if weight is None:
             engine.log.info("first_layer.png skipped: the first layer with weights does not read the pixels")
         else:
-            paths.append(plots.first_layer(weight, info.image_shape, os.path.join(folder, "first_layer.png"),
+            paths.append(plots.first_layer(to_numpy(weight), info.image_shape, os.path.join(folder, "first_layer.png"),
                                            show=show))
         history = engine.read_history()
         if history:
@@ -98,7 +105,7 @@ def predict(engine):
                           f"of shape {info.input_shape}")
     model = load_trained(engine)
     images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
-    probs = probabilities(model, images.reshape(len(images), *info.input_shape).astype(engine.dtype))
+    probs = host_probabilities(engine, model, images.reshape(len(images), *info.input_shape).astype(engine.dtype))
     names = info.class_names
     for path, image, p in zip(c["input"], images, probs):
         top = np.argsort(-p)[:3]

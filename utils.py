@@ -14,6 +14,7 @@ import tempfile
 
 import numpy as np
 
+from backend import to_numpy
 from errors import ConfigError, ModelFileError
 from model import build_model
 
@@ -54,10 +55,11 @@ def _umask():
 
 
 def save_model(path, model, config, extra=None):
-    """Pickles the model's arrays and the config that rebuilds it to `path`, atomically."""
+    """Pickles the model's arrays (as numpy arrays, from any device) and the config that
+    rebuilds it to `path`, atomically."""
     payload = {"format": FORMAT, "config": config,
-               "params": {k: np.array(v) for k, v in model.params.items()},
-               "state": {k: np.array(v) for k, v in model.state.items()}, **(extra or {})}
+               "params": {k: to_numpy(v) for k, v in model.params.items()},
+               "state": {k: to_numpy(v) for k, v in model.state.items()}, **(extra or {})}
     with atomic_write(path) as f:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 
