@@ -85,10 +85,10 @@ def train_step(model, loss, optimizer, x, y, clip_norm=None):
     value = loss.forward(out, y)
     # backward: every layer overwrites its grads with dL/dparams
     model.backward(loss.backward())
-    # update
+    # update (packed_params holds model.params, in one array after model.pack())
     if clip_norm:
-        clip_grad_norm(model.grads, clip_norm)
-    optimizer.step(model.params, model.grads)
+        clip_grad_norm(model.packed_grads, clip_norm)
+    optimizer.step(model.packed_params, model.packed_grads)
     return value, out
 
 
@@ -194,7 +194,7 @@ class Engine:
             raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
                               "or delete it to start afresh")
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
-        self.to_device(model)
+        self.to_device(model).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
         x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data()))

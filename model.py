@@ -29,6 +29,7 @@ class Model(NNModule):
         self.layers = list(layers)
         self.names = list(names) if names is not None else [f"network[{i}]" for i in range(len(layers))]
         self.gather()
+        self.packed_params, self.packed_grads = self.params, self.grads     # what an optimizer updates
 
     def gather(self):
         """Fills params, grads and state with the layers' arrays under dotted names ("0.weight")."""
@@ -66,6 +67,31 @@ class Model(NNModule):
         for layer in self.layers:
             layer.map_arrays(fn)
         self.gather()
+        self.packed_params, self.packed_grads = self.params, self.grads
+        return self
+
+    def pack(self):
+        """Moves every parameter into one flat array, and every gradient into another. Each
+        layer keeps a view of its part, reads and writes it as before, and no value changes;
+        but an optimizer can now update the whole network with a few operations on
+        `packed_params` and `packed_grads`, each {"all": flat array}, instead of a few per
+        parameter. On a GPU every operation is a kernel launch, and for a small network those
+        launches are most of a step. (Call it after moving the model: map_arrays copies.)"""
+        first = next(iter(self.params.values()), None)
+        if first is None:
+            return self
+        size = sum(p.size for p in self.params.values())
+        flat_params, flat_grads = np.empty_like(first, shape=size), np.zeros_like(first, shape=size)
+        start = 0
+        for layer in self.layers:
+            for name, p in layer.params.items():
+                part = slice(start, start + p.size)
+                flat_params[part] = p.reshape(-1)
+                layer.params[name] = flat_params[part].reshape(p.shape)
+                layer.grads[name] = flat_grads[part].reshape(p.shape)
+                start += p.size
+        self.gather()
+        self.packed_params, self.packed_grads = {"all": flat_params}, {"all": flat_grads}
         return self
 
     def __repr__(self):

@@ -571,7 +571,8 @@ class BatchNorm(NNModule):
             var = (centred * centred).mean(axis=self.axes)
             if x.size > self.num_features:                       # one value per channel has no variance
                 for key, batch in (("running_mean", mean), ("running_var", var)):
-                    self.state[key][...] = self.momentum * self.state[key] + (1 - self.momentum) * batch
+                    self.state[key] *= self.momentum             # running = momentum running + (1 - momentum) batch
+                    self.state[key] += (1 - self.momentum) * batch
         else:
             mean, var = self.state["running_mean"], self.state["running_var"]
             centred = x - mean.reshape(shape)

@@ -220,12 +220,13 @@ def torch_epoch(torch, name, data, repeats, fraction, device="cpu"):
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(index)           # the bookkeeping the engine does
-            correct += int((out.argmax(1) == yb).sum())
+            correct += (out.argmax(1) == yb).sum()         # counted where the outputs are
         net.eval()
         with torch.no_grad():
             for start in range(0, n_valid, EVAL_BATCH):
                 out = net(x_valid[start:start + EVAL_BATCH])
                 loss_fn(out, y_valid[start:start + EVAL_BATCH]).item(), out.argmax(1)
+        int(correct)
 
     epoch()
     return median_seconds(epoch, repeats) / fraction

@@ -109,7 +109,11 @@ class DeviceArray:
         return lambda *args, **kwargs: _wrap(attribute(*_unwrap(args), **_unwrap(kwargs)))
 
     def __getitem__(self, key):
-        return DeviceArray(self.array[_unwrap(key)])
+        key = _unwrap(key)
+        item = self.array[key]
+        if isinstance(item, np.generic):         # one element: CuPy gives a 0-d view, not a copy
+            item = self.array[(key if isinstance(key, tuple) else (key,)) + (Ellipsis,)]
+        return DeviceArray(item)
 
     def __setitem__(self, key, value):
         self.array[_unwrap(key)] = _unwrap(value)

@@ -38,7 +38,7 @@ def numeric_grad(f, array):
     """Central differences of the scalar f() with respect to every element of `array` (in place)."""
     grad = np.zeros_like(array)
     for i in np.ndindex(array.shape):
-        saved = array[i]
+        saved = array[i].copy()             # CuPy's array[i] is a view, numpy's a copy
         array[i] = saved + EPS
         up = f()
         array[i] = saved - EPS

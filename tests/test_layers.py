@@ -217,3 +217,26 @@ def test_skipping_the_input_gradient_keeps_every_parameter_gradient():
     assert [layer.needs_grad_x for layer in skip.layers] == [False, False, True, True]
     for name in full.grads:
         np.testing.assert_array_equal(full.grads[name], skip.grads[name])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_packing_the_parameters_changes_no_number(optimizer, device):
+    """Model.pack() puts all parameters in one array: training steps give bit-identical weights."""
+    from engine import train_step
+    from optim import OPTIMIZERS
+    network = [{"class": "Reshape", "shape": [1, 6, 6]},
+               {"class": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3},
+               {"class": "BatchNorm", "num_features": 2}, {"class": "ReLU"}, {"class": "Flatten"},
+               {"class": "Linear", "n_in": 32, "n_out": 3}]
+    loss = get_module("SoftmaxCrossEntropyLoss")()
+    models = [build_model(network, rng=np.random.default_rng(0)).map_arrays(device.to_device) for _ in range(2)]
+    models[1].pack()
+    assert list(models[1].packed_params) == ["all"] and models[1].packed_params["all"].size == 20 + 4 + 99
+    x = device.to_device(np.random.default_rng(1).normal(size=(5, 36)).astype(np.float32))
+    y = device.to_device(np.array([0, 1, 2, 1, 0]))
+    optimizers = [OPTIMIZERS[optimizer](lr=0.1, weight_decay=0.01) for _ in models]
+    for _ in range(3):
+        for model, opt in zip(models, optimizers):
+            train_step(model, loss, opt, x, y, clip_norm=None)
+    for name in models[0].params:
+        assert np.array_equal(to_numpy(models[0].params[name]), to_numpy(models[1].params[name])), name
