@@ -23,7 +23,6 @@ import difflib
 import numbers
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 LAYERS = {}   # JSON "class" name -> layer class
 LOSSES = {}   # JSON "loss" name -> loss class
@@ -285,25 +284,39 @@ class Softmax(NNModule):
 
 # ---- convolution and pooling ---------------------------------------------------------------
 
-def windows(x, size, stride, padding):
-    """Every size x size window of x (N, C, H, W), zero-padded, as a read-only strided view
-    (N, C, OH, OW, size, size) with OH = (H + 2 padding - size) // stride + 1; no copy is made."""
-    if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    return sliding_window_view(x, (size, size), axis=(2, 3))[:, :, ::stride, ::stride]
+def taps(x, size, stride):
+    """The size*size taps of every size x size window of x (N, C, H, W), as strided views: for
+    each (i, j) in row-major order, x[:, :, i + stride*a, j + stride*b] over every output pixel
+    (a, b), of shape (N, C, OH, OW) with OH = (H - size) // stride + 1. A window is read one tap
+    at a time across the whole batch, never one pixel at a time. Writing into a tap writes into x.
+    (numpy's sliding_window_view gives the same windows, but CuPy's waits on the GPU at every call.)"""
+    oh, ow = (x.shape[2] - size) // stride + 1, (x.shape[3] - size) // stride + 1
+    return [x[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] for i in range(size) for j in range(size)]
 
 
-def scatter_windows(grad_win, input_shape, stride, padding):
-    """col2im, the adjoint of `windows` (im2col): adds each window's gradient (N, C, OH, OW, k, k)
-    back onto the pixels it was read from; returns (N, C, H, W). A pixel read by several
-    windows gets the sum of their gradients. One slice-add per tap, never per pixel."""
-    n, c, h, w = input_shape
-    oh, ow, k = grad_win.shape[2], grad_win.shape[3], grad_win.shape[4]
-    grad = np.zeros_like(grad_win, shape=(n, c, h + 2 * padding, w + 2 * padding))
-    for i in range(k):
-        for j in range(k):          # tap (i, j) of window (a, b) read pixel (a*stride + i, b*stride + j)
-            grad[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += grad_win[:, :, :, :, i, j]
-    return grad[:, :, padding:padding + h, padding:padding + w]
+def pad(x, padding):
+    """x (N, C, H, W) with `padding` zeros around each image."""
+    return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+
+
+def im2col(x, k, stride, padding):
+    """Every k x k window of x (N, C, H, W), zero-padded, as a column: (C*k*k, N*OH*OW), row
+    (c, tap) and column (n, a, b). One copy of the k*k taps, with channels first."""
+    cols = np.stack(taps(pad(x, padding).transpose(1, 0, 2, 3), k, stride), axis=1)   # (C, k*k, N, OH, OW)
+    c, _, n, oh, ow = cols.shape
+    return cols.reshape(c * k * k, n * oh * ow)
+
+
+def col2im(grad_cols, x_shape, k, stride, padding):
+    """The adjoint of `im2col`: adds each column's gradient back onto the pixels its window
+    read, so a pixel read by several windows gets the sum; returns (N, C, H, W). One slice-add
+    per tap, never per pixel."""
+    n, c, h, w = x_shape
+    grad = np.zeros_like(grad_cols, shape=(c, n, h + 2 * padding, w + 2 * padding))   # channels first, like im2col
+    grad_taps = grad_cols.reshape(c, k * k, n, -1)                                    # (C, k*k, N, OH*OW)
+    for t, tap in enumerate(taps(grad, k, stride)):
+        tap += grad_taps[:, t].reshape(tap.shape)          # tap t = (i, j) of window (a, b) read pixel (a*stride + i, b*stride + j)
+    return grad[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)
 
 
 def check_image(x, channels, kernel_size, padding):
@@ -351,12 +364,11 @@ class Conv2D(NNModule):
 
     def forward(self, x):
         check_image(x, self.in_channels, self.kernel_size, self.padding)
-        win = windows(x, self.kernel_size, self.stride, self.padding)
-        n, c, oh, ow, k, _ = win.shape                                        # win: (N, C, OH, OW, k, k)
-        f = self.out_channels
+        n, c, h, w = x.shape
+        f, k, s, p = self.out_channels, self.kernel_size, self.stride, self.padding
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         self.x_shape = x.shape
-        # im2col: one copy of the view, with each output pixel's window as a column.
-        cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)   # (C*k*k, N*OH*OW)
+        cols = im2col(x, k, s, p)                                                # (C*k*k, N*OH*OW)
         self.cols = cols if self.training else None          # eval needs no backward: free it at once
         y = self.params["weight"].reshape(f, c * k * k) @ cols                   # (F, N*OH*OW)
         y += self.params["bias"][:, None]
@@ -371,8 +383,7 @@ class Conv2D(NNModule):
         if not self.needs_grad_x:
             return None
         grad_cols = self.params["weight"].reshape(f, c * k * k).T @ grad_rows      # dL/dcols = W.T @ dy: (C*k*k, N*OH*OW)
-        grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
-        return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)   # col2im
+        return col2im(grad_cols, self.x_shape, k, self.stride, self.padding)
 
     def multiply_adds(self, y_shape):                # every output value is a C*k*k dot product
         return int(np.prod(y_shape)) * self.in_channels * self.kernel_size ** 2
@@ -397,18 +408,10 @@ class MaxPool2D(NNModule):
         self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
         self.x_shape, self.first = None, None
 
-    def taps(self, x):
-        """(i, j, x[:, :, i + stride*a, j + stride*b] for every output (a, b)): one strided slice per tap."""
-        k, s = self.kernel_size, self.stride
-        oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
-        for i in range(k):
-            for j in range(k):
-                yield i, j, x[:, :, i:i + s * oh:s, j:j + s * ow:s]
-
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
         y = None
-        for t, (_, _, tap) in enumerate(self.taps(x)):
+        for t, tap in enumerate(taps(x, self.kernel_size, self.stride)):
             if y is None:
                 index_type = np.min_scalar_type(self.kernel_size ** 2 - 1)   # uint8 up to 16x16 windows
                 y, self.first = tap.copy(), np.zeros_like(tap, dtype=index_type)   # first: the tap holding the max
@@ -423,8 +426,7 @@ class MaxPool2D(NNModule):
         k, s, (oh, ow) = self.kernel_size, self.stride, grad_y.shape[2:]
         tiled = s == k and self.x_shape[2] == k * oh and self.x_shape[3] == k * ow   # windows cover x once
         grad_x = (np.empty_like if tiled else np.zeros_like)(grad_y, shape=self.x_shape)
-        for t, (i, j) in enumerate(np.ndindex(k, k)):
-            into = grad_x[:, :, i:i + s * oh:s, j:j + s * ow:s]    # the pixels tap (i, j) read
+        for t, into in enumerate(taps(grad_x, k, s)):             # the pixels tap t read
             if tiled:
                 np.multiply(grad_y, self.first == t, out=into)
             else:                                                 # overlapping windows add up
@@ -451,12 +453,14 @@ class AvgPool2D(NNModule):
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
         self.x_shape = x.shape
-        return windows(x, self.kernel_size, self.stride, 0).mean(axis=(4, 5))
+        return sum(taps(x, self.kernel_size, self.stride)) / self.kernel_size ** 2
 
     def backward(self, grad_y):
-        k = self.kernel_size                                      # every tap gets dL/dy / k^2
-        grad_win = np.broadcast_to((grad_y / (k * k))[..., None, None], (*grad_y.shape, k, k))
-        return scatter_windows(grad_win, self.x_shape, self.stride, 0)
+        grad_x = np.zeros_like(grad_y, shape=self.x_shape)
+        share = grad_y / self.kernel_size ** 2                    # every tap gets dL/dy / k^2
+        for into in taps(grad_x, self.kernel_size, self.stride):
+            into += share                                         # overlapping windows add up
+        return grad_x
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -684,7 +688,7 @@ class MSELoss(Loss):
 
     def forward(self, pred, target):
         if target.shape != pred.shape:                           # labels -> one-hot targets
-            target = np.eye(pred.shape[1], dtype=pred.dtype, like=pred)[target]
+            target = (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
         self.diff = pred - target
         return float((self.diff * self.diff).mean())
 

@@ -154,9 +154,11 @@ def test_out_of_gpu_memory_is_one_error_line_and_keeps_the_model(tmp_path, mnist
 
 def test_real_gpu_trains_like_the_cpu(tmp_path, mnist_data_dir, capsys):
     gpu_or_skip()
-    cpu, gpu = write_config(tmp_path, mnist_data_dir, "cpu"), write_config(tmp_path, mnist_data_dir, "gpu")
+    plain = {"optimizer": {"name": "sgd"}, "augment": None, "num_epochs": 1, "lr": 0.01}   # no amplifier of rounding
+    cpu, gpu = (write_config(tmp_path, mnist_data_dir, name, **plain) for name in ("cpu", "gpu"))
     assert main([cpu]) == 0 and main([gpu, "--device", "gpu"]) == 0
     a, b = saved_arrays(tmp_path / "cpu.pkl"), saved_arrays(tmp_path / "gpu.pkl")
-    assert all(np.allclose(a[k], b[k], rtol=1e-2, atol=1e-3) for k in a)      # other sums, same training
+    for k in a:                                                  # other sums, the same training
+        assert np.linalg.norm(a[k] - b[k]) <= 1e-3 * np.linalg.norm(a[k]) + 1e-6, k
     for task in ("test", "plot", "summary"):
         assert main([gpu, "--device", "gpu", "--task", task]) == 0
