@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     parser = _Parser(prog="main.py", description="Train and test neural networks written from scratch "
                                                  "in numpy, from a JSON config.")
-    parser.add_argument("config", help="the JSON config file (see README.md for every key)")
+    parser.add_argument("config", nargs="?", help="the JSON config file (see README.md for every key); it may "
+                                                  "come before or after the options")
     parser.add_argument("--task", choices=TASKS, default=None,
                         help="the task to run (default: the config's \"task\", itself 'train' by default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -51,7 +52,20 @@ def parse_args(argv):
                            help="raise log_level by one per -v (default: the config's log_level, 1)")
     verbosity.add_argument("-q", "--quiet", action="count", default=0,
                            help="lower log_level by one per -q (default: the config's log_level, 1)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = _config_among_inputs(args)
+    return args
+
+
+def _config_among_inputs(args):
+    """The config when it came after --input's files (`--input a.png config.json`): --input takes
+    every word up to the next option, and images are never .json files, so a lone .json is the config."""
+    configs = [name for name in args.input or [] if name.lower().endswith(".json")]
+    if len(configs) != 1:
+        raise ConfigError("no config file given (usage: main.py CONFIG.json [options], see --help)")
+    args.input.remove(configs[0])
+    return configs[0]
 
 
 def _terminate(signum, frame):
