@@ -137,7 +137,8 @@ class Engine:
         output = model.output_shapes(input_shape)[-1]
         if output != (num_classes,):
             raise ConfigError(f"network: the last layer gives {output} per example, but "
-                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)")
+                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)"
+                              f"{self.dataset.classes_note()}")
 
     def check_writable(self, path, key="model_file"):
         """ConfigError unless a file can be written at `path` (its folder is created)."""

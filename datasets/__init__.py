@@ -52,6 +52,11 @@ class Dataset:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement load()")
 
+    def classes_note(self):
+        """Why the data has `num_classes` classes, when a label sets it, for the message of a network
+        whose output does not fit (e.g. "; ... label 12 is at line 57 of train.csv"); '' otherwise."""
+        return ""
+
 
 def register_dataset(cls):
     """Class decorator: makes `cls` available as the config's "dataset": cls.name."""
