@@ -41,6 +41,10 @@ class Logger:
     def warning(self, message):
         self._emit(f"warning: {message}", sys.stderr)
 
+    def error(self, message):
+        """A failure the task goes on past (one of several inputs, say); the task decides the exit status."""
+        self._emit(f"error: {message}", sys.stderr)
+
     def info(self, message):
         if self.level >= 1:
             self._emit(message, self.stream)

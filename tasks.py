@@ -9,7 +9,7 @@ import numpy as np
 
 from backend import to_numpy
 from datasets.prepare import prepare_image
-from errors import ConfigError
+from errors import ConfigError, DataError
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
 from utils import atomic_write, load_model
@@ -96,7 +96,9 @@ def plot(engine):
 
 
 def predict(engine):
-    """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`."""
+    """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`.
+    A file that cannot be read gets its own `error:` line and the others go on; the task then
+    fails naming them, so the exit status says that some failed. Returns {file: probabilities}."""
     c, info = engine.config, engine.info
     if not c["input"]:
         raise ConfigError("input: no images to predict (give them with --input FILE [FILE ...])")
@@ -104,22 +106,47 @@ def predict(engine):
         raise ConfigError(f"dataset: predict prepares 28x28 images, but {c['dataset']} has examples "
                           f"of shape {info.input_shape}")
     model = load_trained(engine)
-    images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
-    probs = host_probabilities(engine, model, images.reshape(len(images), *info.input_shape).astype(engine.dtype))
-    names = info.class_names
-    for path, image, p in zip(c["input"], images, probs):
+    targets = [os.path.join(c["plot_dir"], name) for name in prepared_names(c["input"])]
+    if c["save_prepared"]:
+        engine.check_writable(targets[0], "plot_dir")
+    names, results, failed = info.class_names, {}, []
+    for path, target in zip(c["input"], targets):
+        try:
+            image = prepare_image(path)                                           # (28, 28)
+        except DataError as err:
+            if len(c["input"]) == 1:
+                raise
+            engine.log.error(str(err))
+            failed.append(path)
+            continue
+        p = host_probabilities(engine, model, image.reshape(1, *info.input_shape).astype(engine.dtype))[0]
         top = np.argsort(-p)[:3]
         others = ", ".join(f"{names[k]} {p[k]:.4f}" for k in top)
         engine.log.result(f"{path}: {names[top[0]]} {p[top[0]]:.4f} (top-3: {others})")
+        results[path] = p
         if c["save_prepared"]:
             import plots
-            stem = os.path.splitext(os.path.basename(path))[0]
-            target = os.path.join(c["plot_dir"], f"{stem}.prepared.png")
-            engine.check_writable(target, "plot_dir")
             with atomic_write(target) as f:
                 plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
             engine.log.result(f"wrote {target}")
-    return probs
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(c['input'])} images could not be classified: {', '.join(failed)}")
+    return results
+
+
+def prepared_names(paths):
+    """The file name of each input's prepared image, `<stem>.prepared.png`, numbered where stems
+    repeat (a/x.png and b/x.png give x.prepared.png and x-2.prepared.png), so none overwrites another."""
+    used, names = set(), []
+    for path in paths:
+        stem, number = os.path.splitext(os.path.basename(path))[0], 1
+        name = f"{stem}.prepared.png"
+        while name in used:
+            number += 1
+            name = f"{stem}-{number}.prepared.png"
+        used.add(name)
+        names.append(name)
+    return names
 
 
 TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict}

@@ -1,4 +1,6 @@
 """The summary, plot and predict tasks, and the test report, through main.py."""
+import os
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,66 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     for path, message in cases.items():
         assert message in run_error(capsys, [trained, "--task", "predict", "--input", path])
     assert "no images to predict" in run_error(capsys, [trained, "--task", "predict"])
+
+
+def test_predict_goes_on_past_files_it_cannot_read(trained, tmp_path, capsys, mnist):
+    np.save(tmp_path / "good.npy", mnist["x_test"][0])
+    (tmp_path / "notes.npy").write_text("not an array")
+    (tmp_path / "folder").mkdir()
+    good, notes, folder = str(tmp_path / "good.npy"), str(tmp_path / "notes.npy"), str(tmp_path / "folder")
+    assert main([trained, "--task", "predict", "--input", notes, good, folder]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{good}: {mnist['y_test'][0]} ")
+    assert captured.err.splitlines() == [
+        f"error: {notes}: not a .npy file (numpy.save writes them; this file is not one)",
+        f"error: {folder}: is a folder, expected an image file (give the images in it: --input {folder}/*.png)",
+        f"error: 2 of 3 images could not be classified: {notes}, {folder}"]
+    assert "allow_pickle" not in captured.err
+
+
+def test_predict_with_options_before_the_config(trained, tmp_path, capsys, mnist):
+    np.save(tmp_path / "digit.npy", mnist["x_test"][0])
+    assert main(["--task", "predict", "--input", str(tmp_path / "digit.npy"), trained]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'digit.npy'}: {mnist['y_test'][0]} ")
+
+
+def test_prepared_images_of_the_same_name_do_not_overwrite_each_other(trained, tmp_path, capsys, mnist):
+    paths = []
+    for folder, i in (("a", 0), ("b", 1), ("c", 2)):
+        (tmp_path / folder).mkdir()
+        name = "x.npy" if folder != "c" else "x-2.npy"
+        np.save(tmp_path / folder / name, mnist["x_test"][i])
+        paths.append(str(tmp_path / folder / name))
+    out_dir = tmp_path / "prepared"
+    assert main([trained, "--task", "predict", "--save-prepared", "--set", f"plot_dir={out_dir}", "--input", *paths]) == 0
+    written = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert written == [str(out_dir / n) for n in ("x.prepared.png", "x-2.prepared.png", "x-2-2.prepared.png")]
+    for path, i in zip(written, range(3)):                              # each is the picture of its own digit
+        from datasets.prepare import prepare
+        expected = prepare(mnist["x_test"][i].reshape(28, 28).astype(np.float64))
+        assert np.abs(png_pixels(path)[..., 0] - expected).max() < 0.01
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak memory from Linux's /proc")
+def test_predict_reads_a_large_photo_in_little_memory(trained, tmp_path):
+    """A 48-megapixel JPEG (8000x6000) of a dark 1 on white paper: read as floats at full size it
+    would take over a gigabyte; shrunk while decoded it takes a few megabytes."""
+    import subprocess
+    import sys
+    from PIL import Image, ImageDraw
+    from conftest import ROOT
+    photo = Image.new("L", (6000, 8000), 235)
+    ImageDraw.Draw(photo).rectangle((2800, 1500, 3300, 6500), fill=20)
+    photo.save(tmp_path / "photo.jpg", quality=85)
+    del photo
+    # The peak resident memory of this process since it started (VmHWM; ru_maxrss would include
+    # the memory of the pytest process it was forked from).
+    script = (f"import re, sys; sys.path.insert(0, {str(ROOT)!r}); from main import main; "
+              f"status = main([{trained!r}, '--task', 'predict', '-q', '--input', {str(tmp_path / 'photo.jpg')!r}]); "
+              f"print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) // 1024, status)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    prediction, usage = result.stdout.splitlines()
+    assert prediction.startswith(f"{tmp_path / 'photo.jpg'}: 1 ")
+    peak_mb, status = map(int, usage.split())
+    assert status == 0 and peak_mb < 400, peak_mb
