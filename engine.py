@@ -141,13 +141,15 @@ class Engine:
                               f"{self.dataset.classes_note()}")
 
     def check_writable(self, path, key="model_file"):
-        """ConfigError unless a file can be written at `path` (its folder is created)."""
+        """ConfigError unless a file could be written at `path`. Nothing is created here (the file's
+        folder is made when the file is written), so a run that fails leaves no empty folder."""
         folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"{key}: cannot create folder {folder}: {err.strerror}") from None
-        if os.path.isdir(path) or not os.access(folder, os.W_OK):
+        existing = folder
+        while not os.path.exists(existing):               # the nearest folder that exists, which would hold it
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ConfigError(f"{key}: cannot create folder {folder}: {existing} is a file")
+        if os.path.isdir(path) or not os.access(existing, os.W_OK):
             raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
 
     def build_optimizer(self):
@@ -157,10 +159,13 @@ class Engine:
 
     # ---- data --------------------------------------------------------------------------------
 
-    def load_data(self):
-        data = load_dataset(self.dataset, log=self.log)
+    def load_data(self, test_only=False):
+        """The dataset's arrays in the run's dtype; with `test_only`, only x_test and y_test (a
+        dataset that can, such as MNIST, then reads only its test files)."""
+        data = load_dataset(self.dataset, log=self.log, test_only=test_only)
         for key in ("x_train", "x_test"):
-            data[key] = data[key].astype(self.dtype, copy=False)
+            if key in data:
+                data[key] = data[key].astype(self.dtype, copy=False)
         return data
 
     def split(self, data):

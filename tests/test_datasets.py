@@ -185,7 +185,7 @@ def test_fashion_mnist_is_read_from_the_system_package_and_nothing_is_written(tm
         assert np.bincount(y).tolist() == [n // 10] * 10
     assert data["class_names"] == FASHION_CLASS_NAMES == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    assert os.listdir(tmp_path / "data") == []
+    assert not (tmp_path / "data").exists()
     assert sorted(os.listdir(FASHION_SYSTEM_DIR)) == system_before
 
 
@@ -196,7 +196,7 @@ def test_fashion_class_names_in_the_test_report(tmp_path, capsys):
     assert main([config]) == 0 and main([config, "--task", "test"]) == 0
     out = capsys.readouterr().out
     assert "/10000" in out and "T-shirt/top: " in out and "Ankle boot: " in out
-    assert os.listdir(tmp_path / "data" / "fashion-mnist") == []       # the package's files were used
+    assert not (tmp_path / "data").exists()                           # the package's files were used
 
 
 def test_fashion_mnist_falls_back_to_data_dir_for_a_bad_system_file(tmp_path, monkeypatch):
@@ -297,3 +297,15 @@ def test_a_stray_csv_label_is_pointed_at(tmp_path, capsys, class_names, message)
         error = run_error(capsys, [config, "--task", task])
         assert message in error and error.endswith(("stray.csv (give dataset_args.class_names if it is a stray "
                                                     "label)", "stray.csv"))
+
+
+def test_fashion_mnist_from_a_package_leaves_no_empty_cache_folder(tmp_path, capsys, monkeypatch):
+    """A fake package folder with every file: training and testing write nothing under data_dir."""
+    monkeypatch.setattr(mnist, "FASHION_SHA256", write_fake_mirror(tmp_path / "system"))
+    monkeypatch.setattr(mnist, "FASHION_SYSTEM_DIR", str(tmp_path / "system"))
+    monkeypatch.setenv("NNFS_FASHION_MIRROR", str(tmp_path / "no_mirror_here"))
+    config = write_config(tmp_path, dataset="fashion_mnist", valid_size=1, num_epochs=1, log_level=0,
+                          network=[{"class": "Linear", "n_in": 784, "n_out": 10}])
+    assert main([config]) == 0 and main([config, "--task", "test"]) == 0
+    assert "Number of errors: " in capsys.readouterr().out
+    assert not (tmp_path / "data").exists()

@@ -197,3 +197,29 @@ def test_predict_reads_a_large_photo_in_little_memory(trained, tmp_path):
     assert prediction.startswith(f"{tmp_path / 'photo.jpg'}: 1 ")
     peak_mb, status = map(int, usage.split())
     assert status == 0 and peak_mb < 400, peak_mb
+
+
+def test_a_failed_plot_or_training_leaves_no_empty_folder(tmp_path, capsys, monkeypatch):
+    import datasets.mnist
+    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
+    config = write_config(tmp_path, model_file=str(tmp_path / "models" / "net.pkl"))
+    assert "cannot read model file" in run_error(capsys, [config, "--task", "plot"])
+    assert main([config]) == 2                                          # no data, no training
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: could not get train-images-idx3-ubyte.gz")
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]              # no models/, no net_plots/, no data/
+
+
+def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, mnist_data_dir):
+    import shutil
+    import datasets.mnist
+    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
+    only_test = tmp_path / "data"
+    only_test.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_data_dir / name, only_test / name)
+    assert main([trained, "--task", "test", "--set", f"data_dir={only_test}"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("/10000")
+    assert sorted(os.listdir(only_test)) == ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz.sha256",
+                                             "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz.sha256"]
