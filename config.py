@@ -371,6 +371,43 @@ def validate(raw, path="config.json"):
     return config
 
 
+def changes(old, new, ignore=(), only=("",), shown=6):
+    """What differs between two validated configs, as 'key: OLD -> NEW' strings with the keys a
+    user writes: optimizer.momentum, and layers by the names in `new` (network.fc1.n_out), so a
+    network given as a list and the same one as named layers do not differ. Only keys starting
+    with one of `only`, and none of `ignore`, are compared; after `shown` changes, the rest are counted."""
+    old_layers, new_layers = old.get("network") or [], new["network"]
+    names = list(new["network_names"]) + [f"network[{i}]" for i in range(len(new_layers), len(old_layers))]
+    before, after = _leaves(old, names), _leaves(new, names)
+    found = [f"network: {len(old_layers)} layers -> {len(new_layers)}"] if len(old_layers) != len(new_layers) else []
+    for key in [*after, *(k for k in before if k not in after)]:
+        compared = key.startswith(tuple(only)) and not key.startswith(tuple(ignore))
+        if compared and before.get(key, _UNSET) != after.get(key, _UNSET):
+            found.append(f"{key}: {_shown(before.get(key, _UNSET))} -> {_shown(after.get(key, _UNSET))}")
+    return found[:shown] + ([f"and {len(found) - shown} more"] if len(found) > shown else [])
+
+
+_UNSET = object()       # a key one of the two configs does not have
+
+
+def _shown(value):
+    return "(not set)" if value is _UNSET else _describe(value)
+
+
+def _leaves(config, names):
+    """{dotted key: value} of a validated config: objects opened one level, layers by `names`."""
+    leaves = {}
+    for key, value in config.items():
+        if key == "network":
+            for name, spec in zip(names, value):
+                leaves.update({f"{name}.{argument}": v for argument, v in spec.items()})
+        elif isinstance(value, dict) and value:
+            leaves.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key != "network_names":
+            leaves[key] = value
+    return leaves
+
+
 def load_config(path, overrides=(), task=None):
     """Reads, overrides (`--set` strings, then `--task`), fills and validates a config file."""
     raw = read_json(path)

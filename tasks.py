@@ -8,20 +8,35 @@ import os
 import numpy as np
 
 from backend import to_numpy
+from config import changes
 from datasets.prepare import prepare_image
-from errors import ConfigError, DataError
+from errors import ConfigError, DataError, ModelFileError
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
 from utils import atomic_write, load_model
 
 
 def load_trained(engine):
-    """The trained model from `model_file`, checked against the dataset, in eval mode, on the
-    run's device."""
-    model, saved = load_model(engine.config["model_file"])
+    """The trained model from `model_file`, checked against the config and the dataset, in eval mode,
+    on the run's device.
+
+    A model file whose network differs from the config's is refused, naming each difference (the
+    numbers would be another network's); one saved in another dtype runs in its own, with a warning.
+    """
+    c = engine.config
+    model, saved = load_model(c["model_file"])
+    different = changes(saved, c, only=("network",))
+    if different:
+        raise ModelFileError(f"{c['model_file']} holds another network than this config (file -> config: "
+                             f"{'; '.join(different)}); use the config it was trained with, or set model_file "
+                             f"to a model trained with this one")
+    engine.log.info(f"loaded the model from {c['model_file']}")
+    if saved["dtype"] != c["dtype"]:
+        engine.log.warning(f"{c['model_file']} was saved in {saved['dtype']}, the config says {c['dtype']}: "
+                           f"the model runs in {saved['dtype']}")
     engine.dtype = model.dtype                    # the data is cast to what the model was saved in
-    if saved.get("dataset") != engine.config["dataset"]:
-        engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {engine.config['dataset']}")
+    if saved.get("dataset") != c["dataset"]:
+        engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {c['dataset']}")
     engine.check_fits(model)
     return engine.to_device(model)
 

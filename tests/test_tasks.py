@@ -1,11 +1,12 @@
 """The summary, plot and predict tasks, and the test report, through main.py."""
+import json
 import os
 
 import numpy as np
 import pytest
 
 from main import main
-from test_cli import run_error, write_config
+from test_cli import SMALL_NET, run_error, write_config
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +224,21 @@ def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, 
     assert capsys.readouterr().out.splitlines()[0].endswith("/10000")
     assert sorted(os.listdir(only_test)) == ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz.sha256",
                                              "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz.sha256"]
+
+
+def test_a_model_file_of_another_network_is_refused_and_the_loaded_file_named(trained, tmp_path, capsys, mnist):
+    model_file = trained.replace("config.json", "model.pkl")
+    message = run_error(capsys, [trained, "--task", "test", "--set", "network.0.n_out=48", "--set", "network.2.n_in=48"])
+    assert message == (f"error: {model_file} holds another network than this config (file -> config: "
+                       f"network[0].n_out: 32 -> 48; network[2].n_in: 32 -> 48); use the config it was trained "
+                       f"with, or set model_file to a model trained with this one")
+    cnn = [{"class": "Reshape", "shape": [1, 28, 28]}, {"class": "Flatten"}, *SMALL_NET]
+    message = run_error(capsys, [trained, "--task", "plot", "--set", f"network={json.dumps(cnn)}"])
+    assert "(file -> config: network: 3 layers -> 5; network[0].class: 'Linear' -> 'Reshape'; " in message
+    np.save(tmp_path / "digit.npy", mnist["x_test"][0])
+    assert main([trained, "--task", "predict", "--set", "log_level=1", "--set", "dtype=float64",
+                 "--input", str(tmp_path / "digit.npy")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == f"loaded the model from {model_file}"
+    assert captured.err == f"warning: {model_file} was saved in float32, the config says float64: the model runs " \
+                           f"in float32\n"
