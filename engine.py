@@ -25,13 +25,14 @@ import numpy as np
 
 import tasks
 from backend import get_backend, map_arrays, to_numpy
+from config import changes
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError, ModelFileError
 from log import fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import atomic_write, copy_arrays, read_pickle, save_model
+from utils import atomic_write, copy_arrays, read_pickle, save_model, training_lock
 
 class DivergenceError(ConfigError):
     """Training produced a non-finite loss: the run stops and the best saved model stays."""
@@ -113,7 +114,11 @@ class Engine:
         if resume and task != "train":
             raise ConfigError(f"--resume: only the train task can resume, not {task!r}")
         try:
-            return self.train(resume, on_epoch) if task == "train" else tasks.TASKS[task](self)
+            if task != "train":
+                return tasks.TASKS[task](self)
+            self.check_writable(self.config["model_file"])
+            with training_lock(self.config["model_file"]):     # no second run writes model_file meanwhile
+                return self.train(resume, on_epoch)
         except Exception as err:
             if self._backend is None or not isinstance(err, self._backend.out_of_memory):
                 raise
@@ -188,7 +193,9 @@ class Engine:
         called after each epoch and may raise to stop training.
 
         SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
-        `resume=True` continues from it, giving the weights an uninterrupted run would have.
+        `resume=True` continues from it, giving the weights an uninterrupted run would have. A run
+        that ends leaves its last state there too, and `resume=True` with a larger num_epochs
+        trains it on, as Keras's `initial_epoch` does.
         """
         c = self.config
         model, loss = build_trainable(c["network"], c["loss"], self.dtype, self.rng, c["network_names"])
@@ -197,8 +204,10 @@ class Engine:
         self.check_writable(c["model_file"])
         optimizer = self.build_optimizer()
         if not resume and os.path.exists(self.checkpoint_path()):
-            raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
-                              "or delete it to start afresh")
+            if not self.finished_checkpoint():
+                raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
+                                  "or delete it to start afresh")
+            os.unlink(self.checkpoint_path())          # this run replaces the one --resume could have extended
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
         self.to_device(model).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
@@ -233,8 +242,7 @@ class Engine:
                     on_epoch(record)
         if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.checkpoint_path())
+        self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
         best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(x_valid) else ""
         self.log.info(f"saved model to {c['model_file']}{best}")
         return progress["history"]
@@ -308,15 +316,33 @@ class Engine:
         payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
         if not {"optimizer", "rng", "progress"} <= payload.keys():
             raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
-        ignored = ("task", "log_level", "log_file", "device")   # a checkpoint holds numpy arrays: any device resumes it
-        changed = [k for k in self.config if k not in ignored and payload["config"].get(k) != self.config[k]]
+        ignored = ("task", "log_level", "log_file", "num_epochs", "plot", "show", "input", "save_prepared",
+                   "device")                            # a checkpoint holds numpy arrays: any device resumes it
+        changed = changes(payload["config"], self.config, ignore=ignored)
         if changed:
-            raise ConfigError(f"--resume: {path} was made with other values of {', '.join(changed)}; "
-                              "resume with the same config or train without --resume")
+            raise ConfigError(f"--resume: {path} was made with another config (then -> now: {'; '.join(changed)}); "
+                              "only num_epochs may change, to train longer: resume with the run's config, "
+                              "or train without --resume")
+        progress, epochs, then = payload["progress"], self.config["num_epochs"], payload["config"]["num_epochs"]
+        if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
+            ended = "stopped early" if progress["stopped"] else "has trained"
+            raise ConfigError(f"--resume: the run {ended} after {progress['epoch'] - 1} epochs (num_epochs {then}); "
+                              f"to train longer, raise num_epochs (--set num_epochs=N, N > {progress['epoch'] - 1})")
+        if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew
+            progress.update(stopped=False, stale=0)
         copy_arrays(model, payload, path)
         optimizer.load_state_dict(payload["optimizer"])
         self.rng.bit_generator.state = payload["rng"]
-        return payload["progress"]
+        return progress
+
+    def finished_checkpoint(self):
+        """Whether the checkpoint beside model_file is that of a run that ended (kept for --resume
+        to extend), not of an interrupted one."""
+        try:
+            payload = read_pickle(self.checkpoint_path(), what="checkpoint")
+            return payload["progress"]["epoch"] > payload["config"]["num_epochs"] or payload["progress"]["stopped"]
+        except (ModelFileError, KeyError, TypeError):
+            return False
 
     def history_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".history.json"
