@@ -34,6 +34,9 @@ from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
 from utils import atomic_write, copy_arrays, read_pickle, save_model, training_lock
 
+EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
+
+
 class DivergenceError(ConfigError):
     """Training produced a non-finite loss: the run stops and the best saved model stays."""
 
@@ -73,10 +76,13 @@ def new_progress():
     seconds:           its time spent before an interruption;
     best_accuracy, stale, stopped: the best validation accuracy so far, the validations
                        since it improved, and whether early stopping ended training;
-    history:           one record per finished epoch (see `Engine.train`).
+    history:           one record per finished epoch (see `Engine.train`);
+    first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
+                       times it was reported (see `Engine.warn_if_exploding`).
     """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
-            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": []}
+            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": [],
+            "first_loss": None, "warned_exploding": False}
 
 
 def train_step(model, loss, optimizer, x, y, clip_norm=None):
@@ -277,13 +283,14 @@ class Engine:
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
                                       f"in {c['model_file']}")
+            self.warn_if_exploding(value, progress, b + 1, optimizer.lr)
             progress["loss_sum"] += value * len(index)
             correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
             self.log.progress(b + 1, batches, lambda: f"loss {fmt(progress['loss_sum'] / seen)} acc "
-                                                      f"{int(correct) / seen:.4f} {rate:.0f} ex/s "
+                                                      f"{100 * int(correct) / seen:.2f}% {rate:.0f} ex/s "
                                                       f"eta {(len(x) - seen) / rate:.0f}s")
             if stop.is_set():
                 progress["correct"] = int(correct)
@@ -292,6 +299,17 @@ class Engine:
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{self.checkpoint_path()}: continue with --resume")
         progress["correct"] = int(correct)
+
+    def warn_if_exploding(self, value, progress, batch, lr):
+        """Warns, once a run, when a batch loss passes EXPLODING times the run's first one (that of
+        the untrained network): training is going astray while the loss is still finite."""
+        if progress.get("first_loss") is None:
+            progress["first_loss"] = value
+        if value > EXPLODING * progress["first_loss"] and not progress.get("warned_exploding"):
+            progress["warned_exploding"] = True
+            self.log.warning(f"the loss is exploding: {fmt(value)} at epoch {progress['epoch']}, batch {batch}, "
+                             f"{value / progress['first_loss']:.0f} times the first batch's "
+                             f"{fmt(progress['first_loss'])} (try a lower lr than {lr:g})")
 
     def evaluate(self, model, loss, x, y):
         """(mean loss, accuracy, predicted classes) of `model` in eval mode."""

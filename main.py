@@ -72,6 +72,13 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt                       # SIGTERM ends the run like Ctrl-C: cleanly, exit 130
 
 
+def _tell(log, message):
+    """A line on stderr that ends the run, in the place of a progress bar still drawn."""
+    if log:
+        log.end_progress()
+    print(message, file=sys.stderr)
+
+
 def main(argv=None):
     log, on_main_thread = None, threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
@@ -89,13 +96,13 @@ def main(argv=None):
             raise ConfigError(f"log_file: cannot open {config['log_file']}: {err.strerror}") from None
         Engine(config, log).run(args.resume)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _tell(log, f"error: {err}")
         return 2
     except Interrupted as err:
-        print(str(err), file=sys.stderr)
+        _tell(log, str(err))
         return 130
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _tell(log, "interrupted")
         return 130
     except BrokenPipeError:                       # the reader left (`... | head`): stop quietly
         with contextlib.suppress(OSError, ValueError):   # no more writes to the closed pipe at exit

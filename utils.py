@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 from backend import to_numpy
-
 from errors import ConfigError, ModelFileError
 from model import build_model
 

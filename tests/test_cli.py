@@ -1,6 +1,10 @@
 """main.py end to end: bad input gives one `error:` line and exit 2; a small real run trains and tests."""
+import io
 import json
+import math
 import pickle
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -203,3 +207,39 @@ def test_options_may_come_before_the_config_even_after_input(tmp_path, capsys):
     assert "Total params: 25,450" in capsys.readouterr().out
     assert run_error(capsys, ["--task", "summary", "--input", "a.png"]) == \
         "error: no config file given (usage: main.py CONFIG.json [options], see --help)"
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_progress_bar_on_a_terminal_plain_lines_elsewhere(tmp_path, monkeypatch, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=2000, valid_size=500, num_epochs=1)
+    outputs = {}
+    for name, stream, options in (("terminal", Terminal(), []), ("pipe", io.StringIO(), []),
+                                  ("pipe -v", io.StringIO(), ["-v"])):
+        monkeypatch.setattr(sys, "stdout", stream)
+        assert main([config, *options]) == 0
+        outputs[name] = stream.getvalue()
+    monkeypatch.undo()
+    bar = re.search(r"\r20/20 \[={30}\] loss \d\.\d{4} acc (\d+\.\d\d)% \d+ ex/s eta 0s\x1b\[K", outputs["terminal"])
+    assert bar, outputs["terminal"]
+    epoch = re.search(r"\r\x1b\[Kepoch 1/1  train loss \d\.\d{4} acc (\d+\.\d\d)%  valid", outputs["terminal"])
+    assert epoch and epoch[1] == bar[1]                          # the bar's accuracy, as the epoch line prints it
+    assert "\r" not in outputs["pipe"] and "20/20" not in outputs["pipe"]
+    lines = [line for line in outputs["pipe -v"].splitlines() if re.match(r"\d+/20 ", line)]
+    assert [line.split()[0] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
+    assert re.fullmatch(r"20/20 loss \d\.\d{4} acc " + re.escape(bar[1]) + r"% \d+ ex/s eta 0s", lines[-1])
+    assert "\r" not in outputs["pipe -v"]
+
+
+def test_a_loss_that_explodes_is_reported_while_finite(tmp_path, capsys, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=2000, valid_size=500, num_epochs=1,
+                          lr=20, log_level=0)
+    assert main([config]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1, warnings                          # once a run, not once a batch
+    found = re.fullmatch(r"warning: the loss is exploding: (\S+) at epoch 1, batch (\d+), (\d+) times the first "
+                         r"batch's (\S+) \(try a lower lr than 20\)", warnings[0])
+    assert found and float(found[1]) > 10 * float(found[4]) and math.isfinite(float(found[1]))
