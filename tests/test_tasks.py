@@ -242,3 +242,37 @@ def test_a_model_file_of_another_network_is_refused_and_the_loaded_file_named(tr
     assert captured.out.splitlines()[0] == f"loaded the model from {model_file}"
     assert captured.err == f"warning: {model_file} was saved in float32, the config says float64: the model runs " \
                            f"in float32\n"
+
+
+def test_summary_names_the_layers_as_the_config_does(tmp_path, capsys):
+    config = write_config(tmp_path, network={"hidden": SMALL_NET[0], "act": SMALL_NET[1], "out": SMALL_NET[2]})
+    assert main([config, "--task", "summary"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("Name ")
+    assert [row.split(" | ")[0].strip() for row in rows[3:6]] == ["network.hidden", "network.act", "network.out"]
+
+
+def test_plot_epoch_ticks_are_whole_and_the_first_layer_shows_its_strongest_units(tmp_path, capsys, monkeypatch,
+                                                                                  mnist_data_dir):
+    import plots
+    network = [{"class": "Linear", "n_in": 784, "n_out": 80}, {"class": "ReLU"},
+               {"class": "Linear", "n_in": 80, "n_out": 10}]
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=1000, valid_size=200, num_epochs=3,
+                          log_level=0, network=network)
+    assert main([config]) == 0
+    figures, save = {}, plots.save
+
+    def recording_save(plt, fig, path, show):
+        figures[os.path.basename(path)] = {
+            "suptitle": fig.get_suptitle(), "titles": [ax.get_title() for ax in fig.axes if ax.get_images()],
+            "xticks": [tick for ax in fig.axes for tick in ax.get_xticks()]}
+        return save(plt, fig, path, show)
+    monkeypatch.setattr(plots, "save", recording_save)
+    assert main([config, "--task", "plot", "--set", "plot.count=10"]) == 0
+    assert figures["curves.png"]["xticks"] and all(t == int(t) for t in figures["curves.png"]["xticks"])
+    layer = figures["first_layer.png"]
+    assert layer["suptitle"] == "first layer weights: the 64 of 80 units with the largest weights (L2 norm)"
+    from utils import load_model
+    weight = load_model(str(tmp_path / "model.pkl"))[0].params["0.weight"]
+    strongest = np.argsort(-np.linalg.norm(weight, axis=0))[:64]
+    assert [int(t) for t in layer["titles"]] == strongest.tolist()
