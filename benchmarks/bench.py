@@ -142,7 +142,7 @@ class PreloadedEngine(Engine):
         super().__init__(config, log or Logger(0))
         self.data = data
 
-    def load_data(self):
+    def load_data(self, test_only=False):
         return dict(self.data)
 
 
