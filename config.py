@@ -32,7 +32,7 @@ DEFAULTS = {
     "data_dir": "data",         # where downloaded data is cached
     "model_file": None,         # None: models/<config file name>.pkl
     "log_file": None,           # None: log to the terminal only
-    "log_level": 1,             # 0 warnings, 1 a line per epoch, 2 progress, 3 debug
+    "log_level": 1,             # 0 warnings, 1 a line per epoch (and a bar on a terminal), 2 progress, 3 debug
     "seed": 0,
     "dtype": "float32",
     "device": "cpu",            # cpu (numpy) | gpu (CuPy on an NVIDIA GPU)

@@ -45,8 +45,8 @@ def parse_args(argv):
                         help="where to compute: cpu (numpy) or gpu (CuPy on an NVIDIA GPU) "
                              "(default: the config's \"device\", itself 'cpu' by default)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue training from the checkpoint an interrupted run left beside "
-                             "model_file (default: start afresh)")
+                        help="continue training from the checkpoint beside model_file: an interrupted run, "
+                             "or a finished one to a larger num_epochs (default: start afresh)")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0,
                            help="raise log_level by one per -v (default: the config's log_level, 1)")
