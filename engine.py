@@ -25,13 +25,17 @@ import numpy as np
 
 import tasks
 from backend import get_backend, map_arrays, to_numpy
+from config import changes
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError, ModelFileError
 from log import fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import atomic_write, copy_arrays, read_pickle, save_model
+from utils import atomic_write, copy_arrays, read_pickle, save_model, training_lock
+
+EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
+
 
 class DivergenceError(ConfigError):
     """Training produced a non-finite loss: the run stops and the best saved model stays."""
@@ -72,10 +76,13 @@ def new_progress():
     seconds:           its time spent before an interruption;
     best_accuracy, stale, stopped: the best validation accuracy so far, the validations
                        since it improved, and whether early stopping ended training;
-    history:           one record per finished epoch (see `Engine.train`).
+    history:           one record per finished epoch (see `Engine.train`);
+    first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
+                       times it was reported (see `Engine.warn_if_exploding`).
     """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
-            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": []}
+            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": [],
+            "first_loss": None, "warned_exploding": False}
 
 
 def train_step(model, loss, optimizer, x, y, clip_norm=None):
@@ -113,7 +120,11 @@ class Engine:
         if resume and task != "train":
             raise ConfigError(f"--resume: only the train task can resume, not {task!r}")
         try:
-            return self.train(resume, on_epoch) if task == "train" else tasks.TASKS[task](self)
+            if task != "train":
+                return tasks.TASKS[task](self)
+            self.check_writable(self.config["model_file"])
+            with training_lock(self.config["model_file"]):     # no second run writes model_file meanwhile
+                return self.train(resume, on_epoch)
         except Exception as err:
             if self._backend is None or not isinstance(err, self._backend.out_of_memory):
                 raise
@@ -137,16 +148,19 @@ class Engine:
         output = model.output_shapes(input_shape)[-1]
         if output != (num_classes,):
             raise ConfigError(f"network: the last layer gives {output} per example, but "
-                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)")
+                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)"
+                              f"{self.dataset.classes_note()}")
 
     def check_writable(self, path, key="model_file"):
-        """ConfigError unless a file can be written at `path` (its folder is created)."""
+        """ConfigError unless a file could be written at `path`. Nothing is created here (the file's
+        folder is made when the file is written), so a run that fails leaves no empty folder."""
         folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"{key}: cannot create folder {folder}: {err.strerror}") from None
-        if os.path.isdir(path) or not os.access(folder, os.W_OK):
+        existing = folder
+        while not os.path.exists(existing):               # the nearest folder that exists, which would hold it
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ConfigError(f"{key}: cannot create folder {folder}: {existing} is a file")
+        if os.path.isdir(path) or not os.access(existing, os.W_OK):
             raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
 
     def build_optimizer(self):
@@ -156,10 +170,13 @@ class Engine:
 
     # ---- data --------------------------------------------------------------------------------
 
-    def load_data(self):
-        data = load_dataset(self.dataset, log=self.log)
+    def load_data(self, test_only=False):
+        """The dataset's arrays in the run's dtype; with `test_only`, only x_test and y_test (a
+        dataset that can, such as MNIST, then reads only its test files)."""
+        data = load_dataset(self.dataset, log=self.log, test_only=test_only)
         for key in ("x_train", "x_test"):
-            data[key] = data[key].astype(self.dtype, copy=False)
+            if key in data:
+                data[key] = data[key].astype(self.dtype, copy=False)
         return data
 
     def split(self, data):
@@ -182,7 +199,9 @@ class Engine:
         called after each epoch and may raise to stop training.
 
         SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
-        `resume=True` continues from it, giving the weights an uninterrupted run would have.
+        `resume=True` continues from it, giving the weights an uninterrupted run would have. A run
+        that ends leaves its last state there too, and `resume=True` with a larger num_epochs
+        trains it on, as Keras's `initial_epoch` does.
         """
         c = self.config
         model, loss = build_trainable(c["network"], c["loss"], self.dtype, self.rng, c["network_names"])
@@ -191,8 +210,10 @@ class Engine:
         self.check_writable(c["model_file"])
         optimizer = self.build_optimizer()
         if not resume and os.path.exists(self.checkpoint_path()):
-            raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
-                              "or delete it to start afresh")
+            if not self.finished_checkpoint():
+                raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
+                                  "or delete it to start afresh")
+            os.unlink(self.checkpoint_path())          # this run replaces the one --resume could have extended
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
         self.to_device(model).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
@@ -227,8 +248,7 @@ class Engine:
                     on_epoch(record)
         if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.checkpoint_path())
+        self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
         best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(x_valid) else ""
         self.log.info(f"saved model to {c['model_file']}{best}")
         return progress["history"]
@@ -263,13 +283,14 @@ class Engine:
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
                                       f"in {c['model_file']}")
+            self.warn_if_exploding(value, progress, b + 1, optimizer.lr)
             progress["loss_sum"] += value * len(index)
             correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
             self.log.progress(b + 1, batches, lambda: f"loss {fmt(progress['loss_sum'] / seen)} acc "
-                                                      f"{int(correct) / seen:.4f} {rate:.0f} ex/s "
+                                                      f"{100 * int(correct) / seen:.2f}% {rate:.0f} ex/s "
                                                       f"eta {(len(x) - seen) / rate:.0f}s")
             if stop.is_set():
                 progress["correct"] = int(correct)
@@ -278,6 +299,17 @@ class Engine:
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{self.checkpoint_path()}: continue with --resume")
         progress["correct"] = int(correct)
+
+    def warn_if_exploding(self, value, progress, batch, lr):
+        """Warns, once a run, when a batch loss passes EXPLODING times the run's first one (that of
+        the untrained network): training is going astray while the loss is still finite."""
+        if progress.get("first_loss") is None:
+            progress["first_loss"] = value
+        if value > EXPLODING * progress["first_loss"] and not progress.get("warned_exploding"):
+            progress["warned_exploding"] = True
+            self.log.warning(f"the loss is exploding: {fmt(value)} at epoch {progress['epoch']}, batch {batch}, "
+                             f"{value / progress['first_loss']:.0f} times the first batch's "
+                             f"{fmt(progress['first_loss'])} (try a lower lr than {lr:g})")
 
     def evaluate(self, model, loss, x, y):
         """(mean loss, accuracy, predicted classes) of `model` in eval mode."""
@@ -302,15 +334,33 @@ class Engine:
         payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
         if not {"optimizer", "rng", "progress"} <= payload.keys():
             raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
-        ignored = ("task", "log_level", "log_file", "device")   # a checkpoint holds numpy arrays: any device resumes it
-        changed = [k for k in self.config if k not in ignored and payload["config"].get(k) != self.config[k]]
+        ignored = ("task", "log_level", "log_file", "num_epochs", "plot", "show", "input", "save_prepared",
+                   "device")                            # a checkpoint holds numpy arrays: any device resumes it
+        changed = changes(payload["config"], self.config, ignore=ignored)
         if changed:
-            raise ConfigError(f"--resume: {path} was made with other values of {', '.join(changed)}; "
-                              "resume with the same config or train without --resume")
+            raise ConfigError(f"--resume: {path} was made with another config (then -> now: {'; '.join(changed)}); "
+                              "only num_epochs may change, to train longer: resume with the run's config, "
+                              "or train without --resume")
+        progress, epochs, then = payload["progress"], self.config["num_epochs"], payload["config"]["num_epochs"]
+        if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
+            ended = "stopped early" if progress["stopped"] else "has trained"
+            raise ConfigError(f"--resume: the run {ended} after {progress['epoch'] - 1} epochs (num_epochs {then}); "
+                              f"to train longer, raise num_epochs (--set num_epochs=N, N > {progress['epoch'] - 1})")
+        if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew
+            progress.update(stopped=False, stale=0)
         copy_arrays(model, payload, path)
         optimizer.load_state_dict(payload["optimizer"])
         self.rng.bit_generator.state = payload["rng"]
-        return payload["progress"]
+        return progress
+
+    def finished_checkpoint(self):
+        """Whether the checkpoint beside model_file is that of a run that ended (kept for --resume
+        to extend), not of an interrupted one."""
+        try:
+            payload = read_pickle(self.checkpoint_path(), what="checkpoint")
+            return payload["progress"]["epoch"] > payload["config"]["num_epochs"] or payload["progress"]["stopped"]
+        except (ModelFileError, KeyError, TypeError):
+            return False
 
     def history_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".history.json"

@@ -120,13 +120,13 @@ class Model(NNModule):
         return shapes
 
     def summary(self, input_shape):
-        """A table of the layers (hyperparameters, output shape, parameters, multiply-adds per
+        """A table of the layers (name, hyperparameters, output shape, parameters, multiply-adds per
         example) with totals, from one zero sample; no data is needed."""
         shapes = self.output_shapes(input_shape)
         macs = [layer.multiply_adds(shape) for layer, shape in zip(self.layers, shapes)]
-        rows = [(str(i), repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}", f"{m:,}")
-                for i, (layer, shape, m) in enumerate(zip(self.layers, shapes, macs))]
-        header = ("#", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
+        rows = [(name, repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}", f"{m:,}")
+                for name, layer, shape, m in zip(self.names, self.layers, shapes, macs)]
+        header = ("Name", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
         widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
         line = lambda r: " | ".join(f"{v:<{w}}" if c < 3 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))

@@ -8,20 +8,35 @@ import os
 import numpy as np
 
 from backend import to_numpy
+from config import changes
 from datasets.prepare import prepare_image
-from errors import ConfigError
+from errors import ConfigError, DataError, ModelFileError
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
 from utils import atomic_write, load_model
 
 
 def load_trained(engine):
-    """The trained model from `model_file`, checked against the dataset, in eval mode, on the
-    run's device."""
-    model, saved = load_model(engine.config["model_file"])
+    """The trained model from `model_file`, checked against the config and the dataset, in eval mode,
+    on the run's device.
+
+    A model file whose network differs from the config's is refused, naming each difference (the
+    numbers would be another network's); one saved in another dtype runs in its own, with a warning.
+    """
+    c = engine.config
+    model, saved = load_model(c["model_file"])
+    different = changes(saved, c, only=("network",))
+    if different:
+        raise ModelFileError(f"{c['model_file']} holds another network than this config (file -> config: "
+                             f"{'; '.join(different)}); use the config it was trained with, or set model_file "
+                             f"to a model trained with this one")
+    engine.log.info(f"loaded the model from {c['model_file']}")
+    if saved["dtype"] != c["dtype"]:
+        engine.log.warning(f"{c['model_file']} was saved in {saved['dtype']}, the config says {c['dtype']}: "
+                           f"the model runs in {saved['dtype']}")
     engine.dtype = model.dtype                    # the data is cast to what the model was saved in
-    if saved.get("dataset") != engine.config["dataset"]:
-        engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {engine.config['dataset']}")
+    if saved.get("dataset") != c["dataset"]:
+        engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {c['dataset']}")
     engine.check_fits(model)
     return engine.to_device(model)
 
@@ -42,7 +57,7 @@ def test(engine):
     """Evaluates the saved model on the test set: the seed's three lines, then per-class
     accuracy and the confusion matrix."""
     model = load_trained(engine)
-    data = engine.load_data()
+    data = engine.load_data(test_only=True)
     y = data["y_test"]
     predicted = host_probabilities(engine, model, data["x_test"]).argmax(axis=1)
     errors, n = int((predicted != y).sum()), len(y)
@@ -69,7 +84,7 @@ def plot(engine):
     show, folder, split, count = c["show"], c["plot_dir"], c["plot"]["split"], c["plot"]["count"]
     engine.check_writable(os.path.join(folder, "samples.png"), "plot_dir")
     model = load_trained(engine) if c["plot"]["model"] else None
-    data = engine.load_data()
+    data = engine.load_data(test_only=split == "test")
     x, y = data[f"x_{split}"][:count], data[f"y_{split}"][:count]
     paths = [plots.samples(x, y, info.class_names, info.image_shape, os.path.join(folder, "samples.png"),
                            show, title=f"{c['dataset']} {split} samples")]
@@ -96,7 +111,9 @@ def plot(engine):
 
 
 def predict(engine):
-    """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`."""
+    """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`.
+    A file that cannot be read gets its own `error:` line and the others go on; the task then
+    fails naming them, so the exit status says that some failed. Returns {file: probabilities}."""
     c, info = engine.config, engine.info
     if not c["input"]:
         raise ConfigError("input: no images to predict (give them with --input FILE [FILE ...])")
@@ -104,22 +121,47 @@ def predict(engine):
         raise ConfigError(f"dataset: predict prepares 28x28 images, but {c['dataset']} has examples "
                           f"of shape {info.input_shape}")
     model = load_trained(engine)
-    images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
-    probs = host_probabilities(engine, model, images.reshape(len(images), *info.input_shape).astype(engine.dtype))
-    names = info.class_names
-    for path, image, p in zip(c["input"], images, probs):
+    targets = [os.path.join(c["plot_dir"], name) for name in prepared_names(c["input"])]
+    if c["save_prepared"]:
+        engine.check_writable(targets[0], "plot_dir")
+    names, results, failed = info.class_names, {}, []
+    for path, target in zip(c["input"], targets):
+        try:
+            image = prepare_image(path)                                           # (28, 28)
+        except DataError as err:
+            if len(c["input"]) == 1:
+                raise
+            engine.log.error(str(err))
+            failed.append(path)
+            continue
+        p = host_probabilities(engine, model, image.reshape(1, *info.input_shape).astype(engine.dtype))[0]
         top = np.argsort(-p)[:3]
         others = ", ".join(f"{names[k]} {p[k]:.4f}" for k in top)
         engine.log.result(f"{path}: {names[top[0]]} {p[top[0]]:.4f} (top-3: {others})")
+        results[path] = p
         if c["save_prepared"]:
             import plots
-            stem = os.path.splitext(os.path.basename(path))[0]
-            target = os.path.join(c["plot_dir"], f"{stem}.prepared.png")
-            engine.check_writable(target, "plot_dir")
             with atomic_write(target) as f:
                 plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
             engine.log.result(f"wrote {target}")
-    return probs
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(c['input'])} images could not be classified: {', '.join(failed)}")
+    return results
+
+
+def prepared_names(paths):
+    """The file name of each input's prepared image, `<stem>.prepared.png`, numbered where stems
+    repeat (a/x.png and b/x.png give x.prepared.png and x-2.prepared.png), so none overwrites another."""
+    used, names = set(), []
+    for path in paths:
+        stem, number = os.path.splitext(os.path.basename(path))[0], 1
+        name = f"{stem}.prepared.png"
+        while name in used:
+            number += 1
+            name = f"{stem}-{number}.prepared.png"
+        used.add(name)
+        names.append(name)
+    return names
 
 
 TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict}
