@@ -29,6 +29,8 @@ LAYER_CASES = {
     "Reshape": [({"shape": [2, 3]}, (6,))],
     "Dropout": [({"p": 0.3}, (8,)), ({"p": 0.5}, (2, 3, 3))],
     "BatchNorm": [({"num_features": 4}, (4,)), ({"num_features": 3}, (3, 4, 5))],
+    **{name: [({"n_in": 3, "n_hidden": 4, "return_sequences": sequences}, (steps, 3))
+              for sequences in (False, True) for steps in (1, 5)] for name in ("RNN", "LSTM", "GRU")},
 }
 
 
