@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+import gradcheck
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from datasets.prepare import prepare_image
@@ -77,7 +78,8 @@ class Engine:
         if resume and self.config["task"] != "train":
             raise ConfigError(f"--resume: only the train task can resume, not {self.config['task']!r}")
         tasks = {"train": lambda: self.train(resume), "test": self.test, "plot": self.plot,
-                 "summary": self.summary, "predict": self.predict}
+                 "summary": self.summary, "predict": self.predict,
+                 "gradcheck": lambda: gradcheck.run(self.config, self.info.input_shape, self.log)}
         return tasks[self.config["task"]]()
 
     # ---- building and checking, before any data --------------------------------------------
