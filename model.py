@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from errors import ConfigError
+from layers import broken_files
 from nn_module import NNModule, get_module
 
 
@@ -113,7 +114,7 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
         try:
             cls = get_module(spec.get("class"))
         except ValueError as err:
-            raise ConfigError(f"{name}.class: {err}") from None
+            raise ConfigError(f"{name}.class: {err}{broken_files()}") from None
         if "rng" in inspect.signature(cls).parameters:
             arguments["rng"] = rng
         try:
