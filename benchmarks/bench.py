@@ -7,10 +7,12 @@ stderr) and writes the numbers as JSON (default benchmarks/results.json). It ass
 
   peak       numpy's float32 `a @ b` for square sizes 512, 1024 and 2048, in GFLOP/s (best size);
              the epoch items need it and run it too.
-  mlp, conv, network1, cnn
+  mlp, conv, lstm, network1, cnn
              seconds per training epoch of the reference MLP (784-200-10 tanh), the reference
              conv net (Conv2D 1->16 and 16->32, 3x3, padding 1, each followed by ReLU and 2x2
-             max-pooling; Linear 1568->10), configs/network1.json and configs/cnn.json. An epoch
+             max-pooling; Linear 1568->10), the reference LSTM (each image as 28 rows of 28
+             pixels, LSTM with 128 units, Linear 128->10 on its last state: the network of
+             configs/lstm.json), configs/network1.json and configs/cnn.json. An epoch
              is what the trainer does: 55,000 training images in batches of 100 (forward, loss,
              backward, optimizer step), a forward pass over the 5,000 validation images, and a
              save of the model when the validation accuracy improves. It is the project's own
@@ -28,10 +30,12 @@ stderr) and writes the numbers as JSON (default benchmarks/results.json). It ass
 Reading the epoch table: GFLOP/epoch counts 2 FLOP per multiply-add, from each layer's
 `multiply_adds` (the summary's column): on training images 3 passes (forward, dL/dW, dL/dx) for
 every layer but the first with parameters, which skips dL/dx (2 passes); on validation images 1.
+For the LSTM that leaves out the backward pass through weight_hh, which it makes at every step
+(about a third of its work is not counted: its GFLOP/s are an underestimate).
 "of peak" is the achieved GFLOP/s over the matmul peak; "limit s" is the epoch's work at the
 peak, and "x limit" the epoch over that limit. "numpy/torch" below 1 means this project is
 faster. The last table checks the speed targets: reference MLP epoch <= 0.7x PyTorch's and
-<= 1.5x the limit, reference conv epoch <= 1.5x PyTorch's, network1 test inference < 0.5 s,
+<= 1.5x the limit, reference conv and LSTM epochs <= 1.5x PyTorch's, network1 test inference < 0.5 s,
 peak memory < 600 MB, MNIST load < 1 s.
 
 Timings are medians of --repeats runs (the two main.py runs happen once); on a busy machine they
@@ -63,7 +67,7 @@ from errors import ConfigError  # noqa: E402
 from log import Logger  # noqa: E402
 from model import build_model  # noqa: E402
 
-EPOCHS = ("mlp", "conv", "network1", "cnn")
+EPOCHS = ("mlp", "conv", "lstm", "network1", "cnn")
 NAMES = ("peak", *EPOCHS, "inference", "load", "memory")
 FRESH = "fresh weights"
 REFERENCE = {
@@ -75,6 +79,8 @@ REFERENCE = {
              {"class": "Conv2D", "in_channels": 16, "out_channels": 32, "kernel_size": 3, "padding": 1},
              {"class": "ReLU"}, {"class": "MaxPool2D", "kernel_size": 2},
              {"class": "Flatten"}, {"class": "Linear", "n_in": 1568, "n_out": 10}],
+    "lstm": [{"class": "Reshape", "shape": [28, 28]}, {"class": "LSTM", "n_in": 28, "n_hidden": 128},
+             {"class": "Linear", "n_in": 128, "n_out": 10}],
 }
 CONFIGS = {"network1": "configs/network1.json", "cnn": "configs/cnn.json"}
 LR, BATCH, TRAIN, VALID = 0.05, 100, 55_000, 5_000
@@ -170,6 +176,16 @@ def numpy_epoch(name, data, repeats, fraction):
 def torch_network(name, nn):
     if name == "mlp":
         return nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 10))
+    if name == "lstm":
+        class RowsLSTM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm, self.linear = nn.LSTM(28, 128, batch_first=True), nn.Linear(128, 10)
+
+            def forward(self, x):
+                out, _ = self.lstm(x.view(-1, 28, 28))          # (N, 28 rows, 128)
+                return self.linear(out[:, -1])
+        return RowsLSTM()
     return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(1568, 10))
@@ -299,10 +315,11 @@ def measure_epochs(r, names, data, repeats, fraction):
 
 def targets(r):
     """The speed targets that were measured, as dicts: target, value, goal, unit, met."""
-    mlp, conv = r["epochs"].get("mlp", {}), r["epochs"].get("conv", {})
+    mlp, conv, lstm = (r["epochs"].get(name, {}) for name in ("mlp", "conv", "lstm"))
     checks = [("reference MLP epoch / PyTorch's", mlp.get("numpy_over_torch"), "<=", 0.7, "x"),
               ("reference MLP epoch / matmul limit", mlp.get("x_limit"), "<=", 1.5, "x"),
               ("reference conv epoch / PyTorch's", conv.get("numpy_over_torch"), "<=", 1.5, "x"),
+              ("reference LSTM epoch / PyTorch's", lstm.get("numpy_over_torch"), "<=", 1.5, "x"),
               ("network1 test inference, 10,000 images", r.get("test_seconds"), "<", 0.5, " s"),
               ("peak RSS training network1", r.get("train_peak_rss_mb"), "<", 600, " MB"),
               ("MNIST load from the verified cache", r.get("load_seconds"), "<", 1.0, " s")]
