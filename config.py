@@ -20,13 +20,14 @@ import os
 from backend import DEVICES
 from datasets import BROKEN, DATASETS
 from errors import ConfigError
+from layers import broken_files
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
 
-TASKS = ("train", "test", "plot", "summary", "predict")
+TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck")
 
 DEFAULTS = {
-    "task": "train",            # train | test | plot | summary | predict
+    "task": "train",            # train | test | plot | summary | predict | gradcheck
     "dataset": "mnist",         # a name in datasets.DATASETS: mnist, fashion_mnist, npz, csv or your own
     "dataset_args": {},         # the dataset's arguments, e.g. {"path": "my_data.npz"} for npz
     "data_dir": "data",         # where downloaded data is cached
@@ -286,7 +287,8 @@ def check_layers(network):
         cls = LAYERS.get(spec["class"]) if isinstance(spec["class"], str) else None
         if cls is None:
             raise ConfigError(f"{name}.class: unknown {_describe(spec['class'])}"
-                              f"{_closest(spec['class'], LAYERS)} (choices: {', '.join(sorted(LAYERS))})")
+                              f"{_closest(spec['class'], LAYERS)} (choices: {', '.join(sorted(LAYERS))})"
+                              f"{broken_files()}")
         check_arguments(name, cls, {k: v for k, v in spec.items() if k != "class"}, ("dtype", "rng"))
     return [dict(spec) for spec in specs], names
 

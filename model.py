@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from errors import ConfigError
+from layers import broken_files
 from nn_module import LOSSES, CrossEntropyLoss, NNModule, Softmax, SoftmaxCrossEntropyLoss, get_module
 
 EVAL_BATCH = 1000      # examples per forward pass when a whole split is evaluated
@@ -151,7 +152,7 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
         try:
             cls = get_module(spec.get("class"))
         except ValueError as err:
-            raise ConfigError(f"{name}.class: {err}") from None
+            raise ConfigError(f"{name}.class: {err}{broken_files()}") from None
         if "rng" in inspect.signature(cls).parameters:
             arguments["rng"] = rng
         try:

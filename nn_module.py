@@ -606,6 +606,280 @@ class BatchNorm(NNModule):
         return f"num_features={self.num_features}, momentum={self.momentum}, eps={self.eps}"
 
 
+# ---- recurrent layers ----------------------------------------------------------------------
+
+def sigmoid_(z):
+    """sigmoid(z) in place on z (any view), as (1 + tanh(z / 2)) / 2: the same function as
+    1 / (1 + exp(-z)), without exp overflowing for large -z."""
+    z *= 0.5
+    np.tanh(z, out=z)
+    z += 1
+    z *= 0.5
+
+
+class Recurrent(NNModule):
+    """What RNN, LSTM and GRU share: the input projection, the loops over time, and the weight
+    gradients of backpropagation through time (BPTT). Not registered: it is no layer by itself.
+
+    Each layer has `blocks` H-wide blocks in its projections (RNN 1, LSTM 4, GRU 3), so that
+    weight_ih is (n_in, blocks*H) and weight_hh is (H, blocks*H), and writes one time step
+    each way:
+      * `step(t, xw_t, h_prev)` writes h_t into `self.hs[t + 1]`, where
+        xw_t = x_t @ weight_ih + biases[0] comes precomputed for all t in one matrix product;
+      * `step_back(t, grad_h) -> dL/dh_{t-1}` takes dL/dh_t (from y and from step t + 1) and
+        writes dL/dxw_t into `grad_xw[t]` and dL/dhw_t into `grad_hw[t]`, hw_t being the
+        pre-activation sum h_{t-1} @ weight_hh (+ biases[1]). Where a layer only ever adds xw_t
+        and hw_t (RNN, LSTM), the two are the same array.
+    Then every parameter gradient is one matrix product over all T*N rows, after the loop:
+        dL/dweight_ih = sum_t x_t.T @ grad_xw[t]     dL/dweight_hh = sum_t h_{t-1}.T @ grad_hw[t]
+        dL/dbiases[0] = sum_t,n grad_xw[t]           dL/dbiases[1] = sum_t,n grad_hw[t]
+        dL/dx_t = grad_xw[t] @ weight_ih.T
+    Inside, arrays are time-major ((T, N, ...): the slice of step t is contiguous); the input
+    and output are batch-first like every other layer's. The initial state is zero.
+
+    Args:
+        n_in: features per time step. n_hidden: H, the size of the state h_t.
+        return_sequences: true: y is every h_t; false (default): only the last one.
+        init: "xavier" (default), "he", "normal" (with `std`) or "uniform" for both weights,
+            with fan_in their rows and fan_out H (each block is a map of its own). PyTorch
+            draws everything from U(-1/sqrt(H), 1/sqrt(H)), which "uniform" gives weight_hh.
+    Shape: x (N, T, n_in) -> y (N, T, H) with return_sequences, else (N, H).
+    """
+    blocks = 1
+    biases = ("bias",)
+
+    def __init__(self, n_in, n_hidden, return_sequences=False, init="xavier", std=0.01, dtype=np.float32, rng=None):
+        super().__init__(dtype)
+        self.n_in, self.n_hidden = check_int("n_in", n_in, 1), check_int("n_hidden", n_hidden, 1)
+        if not isinstance(return_sequences, bool):
+            raise ValueError(f"return_sequences: expected true or false, got {return_sequences!r}")
+        self.return_sequences = return_sequences
+        self.init, self.std = init, check_number("std", std, 0, np.inf, low_open=True)
+        k = self.blocks * n_hidden
+        self.add_param("weight_ih", init_weight((n_in, k), n_in, n_hidden, init, std, rng, dtype))
+        self.add_param("weight_hh", init_weight((n_hidden, k), n_hidden, n_hidden, init, std, rng, dtype))
+        for name in self.biases:
+            self.add_param(name, np.zeros(k))
+        self.xs, self.hs, self.grad_xw, self.grad_hw = None, None, None, None
+        self.steps = None        # T of the last forward pass, for `multiply_adds`
+
+    def forward(self, x):
+        if x.ndim != 3 or x.shape[2] != self.n_in:
+            raise ValueError(f"expected (N, T, {self.n_in}) inputs, got (N, {', '.join(map(str, x.shape[1:]))})")
+        n, t, _ = x.shape
+        self.steps = t
+        self.xs = x.transpose(1, 0, 2).copy()                                    # (T, N, n_in)
+        xw = (self.xs.reshape(t * n, self.n_in) @ self.params["weight_ih"]).reshape(t, n, -1)   # (T, N, k)
+        xw += self.params[self.biases[0]]
+        self.hs = np.zeros_like(xw, shape=(t + 1, n, self.n_hidden))               # hs[t + 1] = h_t
+        self.allocate(xw)
+        for step in range(t):
+            self.step(step, xw[step], self.hs[step])
+        return self.hs[1:].transpose(1, 0, 2) if self.return_sequences else self.hs[t]
+
+    def backward(self, grad_y):
+        t, n, h = self.steps, self.hs.shape[1], self.n_hidden
+        self.grad_xw = np.empty_like(self.hs, shape=(t, n, self.blocks * h))
+        self.grad_hw = self.grad_xw if len(self.biases) == 1 else np.empty_like(self.grad_xw)
+        grad_ys = grad_y.transpose(1, 0, 2) if self.return_sequences else None       # (T, N, H)
+        grad_h = np.zeros_like(self.hs[0])                  # what h_t gets from step t + 1; none at the end
+        for step in reversed(range(t)):
+            if self.return_sequences:
+                grad_h = grad_h + grad_ys[step]
+            elif step == t - 1:
+                grad_h = grad_h + grad_y
+            grad_h = self.step_back(step, grad_h)
+        rows_xw, rows_hw = self.grad_xw.reshape(t * n, -1), self.grad_hw.reshape(t * n, -1)   # (T*N, k)
+        np.matmul(self.xs.reshape(t * n, self.n_in).T, rows_xw, out=self.grads["weight_ih"])
+        np.matmul(self.hs[:-1].reshape(t * n, h).T, rows_hw, out=self.grads["weight_hh"])   # rows of h_{t-1}
+        np.sum(rows_xw, axis=0, out=self.grads[self.biases[0]])
+        if len(self.biases) == 2:
+            np.sum(rows_hw, axis=0, out=self.grads[self.biases[1]])
+        if not self.needs_grad_x:
+            return None
+        grad_xs = (rows_xw @ self.params["weight_ih"].T).reshape(t, n, self.n_in)    # dL/dx_t = grad_xw[t] @ W_ih.T
+        return grad_xs.transpose(1, 0, 2)
+
+    def allocate(self, xw):
+        """Creates the caches of one forward pass beside xw (T, N, blocks*H)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement allocate()")
+
+    def step(self, t, xw_t, h_prev):
+        raise NotImplementedError(f"{type(self).__name__} must implement step()")
+
+    def step_back(self, t, grad_h):
+        raise NotImplementedError(f"{type(self).__name__} must implement step_back()")
+
+    def multiply_adds(self, y_shape):
+        """Per example: T steps of both projections, (n_in + H) * blocks*H (gates' products not counted)."""
+        return self.steps * (self.n_in + self.n_hidden) * self.blocks * self.n_hidden
+
+    def extra_repr(self):
+        return f"n_in={self.n_in}, n_hidden={self.n_hidden}, return_sequences={self.return_sequences}"
+
+
+@register
+class RNN(Recurrent):
+    """Elman recurrent layer (torch.nn.RNN with tanh):
+
+        forward:  h_t = tanh(x_t @ weight_ih + h_{t-1} @ weight_hh + bias)
+        backward: a_t = dL/dh_t * (1 - h_t^2)           (grad_xw[t] = grad_hw[t] = a_t)
+                  dL/dh_{t-1} = a_t @ weight_hh.T
+
+    Args: n_in, n_hidden (H), return_sequences, init, std; see `Recurrent`.
+    Shape: x (N, T, n_in) -> y (N, T, H), or (N, H) without return_sequences.
+    Params: weight_ih (n_in, H), weight_hh (H, H), bias (H,).
+    """
+    blocks = 1
+
+    def allocate(self, xw):
+        pass                                                     # h_t in `hs` is all backward needs
+
+    def step(self, t, xw_t, h_prev):
+        h = self.hs[t + 1]
+        np.matmul(h_prev, self.params["weight_hh"], out=h)
+        h += xw_t
+        np.tanh(h, out=h)
+
+    def step_back(self, t, grad_h):
+        h, a = self.hs[t + 1], self.grad_xw[t]
+        np.multiply(grad_h, 1 - h * h, out=a)                    # tanh' = 1 - tanh^2
+        return a @ self.params["weight_hh"].T
+
+
+@register
+class LSTM(Recurrent):
+    """Long short-term memory (Hochreiter & Schmidhuber 1997), as torch.nn.LSTM. With
+    z_t = x_t @ weight_ih + h_{t-1} @ weight_hh + bias, cut into four H-wide blocks in
+    PyTorch's order [i, f, g, o] (input, forget, cell candidate, output):
+
+        forward:  i = sigmoid(z_i)  f = sigmoid(z_f)  g = tanh(z_g)  o = sigmoid(z_o)
+                  c_t = f * c_{t-1} + i * g           h_t = o * tanh(c_t)
+        backward: dc = dL/dh_t * o * (1 - tanh(c_t)^2) + dL/dc_t from step t + 1
+                  dz_i = dc * g * i (1 - i)           dz_f = dc * c_{t-1} * f (1 - f)
+                  dz_g = dc * i * (1 - g^2)           dz_o = dL/dh_t * tanh(c_t) * o (1 - o)
+                  dL/dc_{t-1} = dc * f                dL/dh_{t-1} = dz @ weight_hh.T
+
+    The four blocks are computed together, as whole (N, 4H) arrays (a quarter-width slice
+    is a strided array, several times slower per element): sigmoid(z) = (1 + tanh(z / 2)) / 2,
+    so with scale = 1/2 on the sigmoid blocks and 1 on g, and shift = 1/2 and 0,
+        gates = scale * tanh(scale * z) + shift,   dgates/dz = scale^2 - (gates - shift)^2
+    which is i (1 - i) on a sigmoid block and 1 - g^2 on g.
+    The forget block of the bias starts at 1, so that c_t is kept rather than forgotten
+    while training begins (Jozefowicz et al. 2015; Keras's unit_forget_bias).
+    Args: n_in, n_hidden (H), return_sequences, init, std; see `Recurrent`.
+    Shape: x (N, T, n_in) -> y (N, T, H), or (N, H) without return_sequences.
+    Params: weight_ih (n_in, 4H), weight_hh (H, 4H), bias (4H,).
+    """
+    blocks = 4
+
+    def __init__(self, n_in, n_hidden, return_sequences=False, init="xavier", std=0.01, dtype=np.float32, rng=None):
+        super().__init__(n_in, n_hidden, return_sequences, init, std, dtype, rng)
+        self.params["bias"][n_hidden:2 * n_hidden] = 1
+        self.gates, self.cs, self.tanh_cs, self.grad_c = None, None, None, None
+        self.scale, self.shift, self.scale2 = None, None, None
+
+    def allocate(self, xw):
+        H = self.n_hidden
+        self.gates = np.empty_like(xw)                                   # (T, N, 4H): i, f, g, o
+        self.cs = np.zeros_like(self.hs)                                  # cs[t + 1] = c_t, cs[0] = 0
+        self.tanh_cs = np.empty_like(self.hs[1:])                         # (T, N, H)
+        self.scale = np.full_like(xw[0, 0], 0.5)                          # (4H,)
+        self.scale[2 * H:3 * H] = 1
+        self.shift = self.scale * (self.scale < 1)                        # 1/2 on sigmoid blocks, 0 on g
+        self.scale2 = self.scale * self.scale
+
+    def step(self, t, xw_t, h_prev):
+        H, gates = self.n_hidden, self.gates[t]
+        np.matmul(h_prev, self.params["weight_hh"], out=gates)
+        gates += xw_t                                                     # z_t
+        gates *= self.scale                                               # i, f, g, o in four passes
+        np.tanh(gates, out=gates)
+        gates *= self.scale
+        gates += self.shift
+        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        c = self.cs[t + 1]
+        np.multiply(f, self.cs[t], out=c)
+        c += i * g
+        np.tanh(c, out=self.tanh_cs[t])
+        np.multiply(o, self.tanh_cs[t], out=self.hs[t + 1])
+
+    def step_back(self, t, grad_h):
+        H, gates, tanh_c = self.n_hidden, self.gates[t], self.tanh_cs[t]
+        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        if t == self.steps - 1:
+            self.grad_c = np.zeros_like(tanh_c)                           # nothing comes after c_{T-1}
+        dc = grad_h * o * (1 - tanh_c * tanh_c) + self.grad_c
+        dz = self.grad_xw[t]                                              # (N, 4H): first dL/dgates
+        np.multiply(dc, g, out=dz[:, :H])
+        np.multiply(dc, self.cs[t], out=dz[:, H:2 * H])
+        np.multiply(dc, i, out=dz[:, 2 * H:3 * H])
+        np.multiply(grad_h, tanh_c, out=dz[:, 3 * H:])
+        centred = gates - self.shift
+        dz *= self.scale2 - centred * centred                             # times dgates/dz: now dL/dz
+        self.grad_c = dc * f
+        return dz @ self.params["weight_hh"].T
+
+
+@register
+class GRU(Recurrent):
+    """Gated recurrent unit (Cho et al. 2014), as torch.nn.GRU. With xw = x_t @ weight_ih + bias_ih
+    and hw = h_{t-1} @ weight_hh + bias_hh, each cut into three H-wide blocks in PyTorch's order
+    [r, z, n] (reset, update, new):
+
+        forward:  r = sigmoid(xw_r + hw_r)    z = sigmoid(xw_z + hw_z)    n = tanh(xw_n + r * hw_n)
+                  h_t = (1 - z) * n + z * h_{t-1}
+        backward: dn = dL/dh_t * (1 - z) * (1 - n^2)       dz = dL/dh_t * (h_{t-1} - n) * z (1 - z)
+                  dr = dn * hw_n * r (1 - r)
+                  dL/dxw = [dr, dz, dn]                    dL/dhw = [dr, dz, dn * r]
+                  dL/dh_{t-1} = dL/dh_t * z + dL/dhw @ weight_hh.T
+
+    The reset gate multiplies hw_n after its bias is added, which is why GRU has two biases.
+    Args: n_in, n_hidden (H), return_sequences, init, std; see `Recurrent`.
+    Shape: x (N, T, n_in) -> y (N, T, H), or (N, H) without return_sequences.
+    Params: weight_ih (n_in, 3H), weight_hh (H, 3H), bias_ih (3H,), bias_hh (3H,).
+    """
+    blocks = 3
+    biases = ("bias_ih", "bias_hh")
+
+    def __init__(self, n_in, n_hidden, return_sequences=False, init="xavier", std=0.01, dtype=np.float32, rng=None):
+        super().__init__(n_in, n_hidden, return_sequences, init, std, dtype, rng)
+        self.gates, self.hws = None, None
+
+    def allocate(self, xw):
+        self.gates = np.empty_like(xw)                                   # (T, N, 3H): r, z, n
+        self.hws = np.empty_like(xw)                                     # (T, N, 3H): hw of each step
+
+    def step(self, t, xw_t, h_prev):
+        H, gates, hw = self.n_hidden, self.gates[t], self.hws[t]
+        np.matmul(h_prev, self.params["weight_hh"], out=hw)
+        hw += self.params["bias_hh"]
+        np.add(xw_t[:, :2 * H], hw[:, :2 * H], out=gates[:, :2 * H])
+        sigmoid_(gates[:, :2 * H])                                         # r and z
+        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+        np.multiply(r, hw[:, 2 * H:], out=n)
+        n += xw_t[:, 2 * H:]
+        np.tanh(n, out=n)
+        h = self.hs[t + 1]                                                 # h = n + z * (h_prev - n)
+        np.subtract(h_prev, n, out=h)
+        h *= z
+        h += n
+
+    def step_back(self, t, grad_h):
+        H, gates, hw, h_prev = self.n_hidden, self.gates[t], self.hws[t], self.hs[t]
+        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+        dxw, dhw = self.grad_xw[t], self.grad_hw[t]
+        dn = dxw[:, 2 * H:]
+        np.multiply(grad_h * (1 - z), 1 - n * n, out=dn)
+        np.multiply(dn * hw[:, 2 * H:], r * (1 - r), out=dxw[:, :H])
+        np.multiply(grad_h * (h_prev - n), z * (1 - z), out=dxw[:, H:2 * H])
+        dhw[:, :2 * H] = dxw[:, :2 * H]                                    # r and z add xw and hw
+        np.multiply(dn, r, out=dhw[:, 2 * H:])
+        grad_h_prev = dhw @ self.params["weight_hh"].T
+        grad_h_prev += grad_h * z
+        return grad_h_prev
+
+
 # ---- losses ----------------------------------------------------------------------------------
 
 class Loss:

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+import gradcheck
 from backend import to_numpy
 from config import changes
 from datasets.prepare import prepare_image
@@ -164,7 +165,8 @@ def prepared_names(paths):
     return names
 
 
-TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict}
+TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict,
+         "gradcheck": lambda engine: gradcheck.run(engine.config, engine.info.input_shape, engine.log)}
 
 
 def first_layer_weight(model, image_shape):

@@ -31,6 +31,8 @@ LAYER_CASES = {
     "Reshape": [({"shape": [2, 3]}, (6,))],
     "Dropout": [({"p": 0.3}, (8,)), ({"p": 0.5}, (2, 3, 3))],
     "BatchNorm": [({"num_features": 4}, (4,)), ({"num_features": 3}, (3, 4, 5))],
+    **{name: [({"n_in": 3, "n_hidden": 4, "return_sequences": sequences}, (steps, 3))
+              for sequences in (False, True) for steps in (1, 5)] for name in ("RNN", "LSTM", "GRU")},
 }
 
 
@@ -139,3 +141,14 @@ def test_mse_gradient_with_target_array(device):
     f = lambda: loss.forward(pred, target)
     f()
     assert relative_error(loss.backward(), numeric_grad(f, pred)) < TOLERANCE
+
+
+def test_stacked_recurrent_model_gradients(device):
+    """A sequence from one recurrent layer feeds the next: dL/dx flows back through both."""
+    rng = np.random.default_rng(5)
+    model = build_model([{"class": "Reshape", "shape": [4, 3]},
+                         {"class": "LSTM", "n_in": 3, "n_hidden": 5, "return_sequences": True},
+                         {"class": "GRU", "n_in": 5, "n_hidden": 4, "return_sequences": True},
+                         {"class": "RNN", "n_in": 4, "n_hidden": 3},
+                         {"class": "Linear", "n_in": 3, "n_out": 2}], dtype=np.float64, rng=rng)
+    check_module(model, rng.normal(size=(3, 12)), rng, device)

@@ -240,3 +240,68 @@ def test_packing_the_parameters_changes_no_number(optimizer, device):
             train_step(model, loss, opt, x, y, clip_norm=None)
     for name in models[0].params:
         assert np.array_equal(to_numpy(models[0].params[name]), to_numpy(models[1].params[name])), name
+# ---- recurrent layers against their equations, one step at a time --------------------------
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def naive_recurrent(name, p, x):
+    """Every h_t of x (N, T, D), written from the equations of PyTorch's documentation."""
+    n, steps, _ = x.shape
+    hidden = p["weight_hh"].shape[0]
+    h, c, hs = np.zeros((n, hidden)), np.zeros((n, hidden)), []
+    for t in range(steps):
+        if name == "RNN":
+            h = np.tanh(x[:, t] @ p["weight_ih"] + h @ p["weight_hh"] + p["bias"])
+        elif name == "LSTM":
+            i, f, g, o = np.split(x[:, t] @ p["weight_ih"] + h @ p["weight_hh"] + p["bias"], 4, axis=1)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+        else:
+            xr, xz, xn = np.split(x[:, t] @ p["weight_ih"] + p["bias_ih"], 3, axis=1)
+            hr, hz, hn = np.split(h @ p["weight_hh"] + p["bias_hh"], 3, axis=1)
+            r, z = sigmoid(xr + hr), sigmoid(xz + hz)
+            h = (1 - z) * np.tanh(xn + r * hn) + z * h
+        hs.append(h)
+    return np.stack(hs, axis=1)                                    # (N, T, H)
+
+
+@pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
+@pytest.mark.parametrize("sequences", [False, True])
+def test_recurrent_layers_match_their_equations(name, sequences):
+    rng = np.random.default_rng(7)
+    layer = build(name, {"n_in": 5, "n_hidden": 6, "return_sequences": sequences}, dtype=np.float64)
+    for key in layer.params:
+        layer.params[key][...] = rng.normal(size=layer.params[key].shape) * 0.5
+    x = rng.normal(size=(4, 7, 5))
+    expected = naive_recurrent(name, layer.params, x)
+    np.testing.assert_allclose(layer.forward(x), expected if sequences else expected[:, -1], atol=1e-12)
+
+
+@pytest.mark.parametrize("name,blocks", [("RNN", 1), ("LSTM", 4), ("GRU", 3)])
+def test_recurrent_parameters_are_laid_out_like_linear(name, blocks):
+    layer = build(name, {"n_in": 5, "n_hidden": 6})
+    shapes = {k: v.shape for k, v in layer.params.items()}
+    biases = {"bias": (6 * blocks,)} if name != "GRU" else {"bias_ih": (18,), "bias_hh": (18,)}
+    assert shapes == {"weight_ih": (5, 6 * blocks), "weight_hh": (6, 6 * blocks), **biases}
+    if name == "LSTM":                                            # the forget gate starts open
+        assert np.all(layer.params["bias"][6:12] == 1) and np.all(layer.params["bias"][:6] == 0)
+
+
+def test_recurrent_summary_counts_parameters_and_multiply_adds():
+    model = build_model([{"class": "Reshape", "shape": [28, 28]}, {"class": "LSTM", "n_in": 28, "n_hidden": 128},
+                         {"class": "Linear", "n_in": 128, "n_out": 10}])
+    text = model.summary((784,))
+    # LSTM: 4 * 128 * (28 + 128 + 1) params; 28 steps of (28 + 128) * 512 multiply-adds
+    assert "| (128,)" in text and "80,384" in text and f"{28 * 156 * 512:,}" in text
+    assert "Total params: 81,674" in text
+
+
+def test_recurrent_layers_reject_the_wrong_input():
+    with pytest.raises(ConfigError, match=r"network\[1\] \(GRU\) does not fit: expected \(N, T, 20\) inputs, "
+                                          r"got \(N, 28, 28\)"):
+        build_model([{"class": "Reshape", "shape": [28, 28]}, {"class": "GRU", "n_in": 20, "n_hidden": 8}]
+                    ).output_shapes((784,))
+    with pytest.raises(ConfigError, match="network\\[0\\].return_sequences: expected true or false, got 1"):
+        build_model([{"class": "LSTM", "n_in": 28, "n_hidden": 8, "return_sequences": 1}])

@@ -1,0 +1,38 @@
+"""Your own layers: a layer class in a file of this folder can be used in any config.
+
+Every module in this folder is imported when the package is (config.py and model.py import it,
+so before any config is checked or any network built). A class decorated with
+`nn_module.register` is then in `nn_module.LAYERS` under its own class name, which is the
+config's "class"; it keeps the layer contract of `nn_module.NNModule` (see README.md, "Your own
+layers"). A saved model stores its config and arrays, never code: the file that defines a layer
+must still be here when a model using it is loaded for test, plot or predict.
+
+A file that fails to import (a syntax error, a name registered twice) does not stop runs that
+use other layers: its error is kept in BROKEN and shown when a class that is not registered is
+asked for.
+"""
+import importlib
+import pkgutil
+
+BROKEN = {}     # module file name -> why it could not be imported
+
+
+def discover():
+    """Imports every module of this package not imported yet, so that its layers register.
+    A module that fails is recorded in BROKEN (file name -> reason) instead of raising."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in BROKEN:
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{module.name}")
+        except Exception as err:        # a user's file can fail in any way; the others still work
+            where = f" line {err.lineno}" if isinstance(err, SyntaxError) else ""
+            BROKEN[module.name] = f"layers/{module.name}.py{where}: {type(err).__name__}: {err}"
+
+
+def broken_files():
+    """"; <reason>" for every file that could not be imported, to end an unknown-class message."""
+    return "".join(f"; {reason}" for reason in BROKEN.values())
+
+
+discover()

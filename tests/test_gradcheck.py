@@ -1,0 +1,141 @@
+"""The gradcheck task, and a user's own layer file (from the README) used, checked, saved and loaded."""
+import json
+import re
+import sys
+
+import pytest
+
+import layers
+from conftest import ROOT
+from layers import BROKEN, discover
+from main import main
+from nn_module import LAYERS
+from test_cli import run_error, write_config
+
+README = (ROOT / "README.md").read_text()
+
+
+def gradcheck_lines(capsys, config):
+    """(exit status, {layer label: (error, verdict)}) of `main.py config --task gradcheck`."""
+    status = main([config, "--task", "gradcheck"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("gradcheck: float64, a batch of 4")
+    rows = [re.fullmatch(r"(.+?)\s+(\S+)\s+(ok|FAILED)(.*)", line).groups() for line in out[1:]]
+    return status, {label: (float(error), verdict) for label, error, verdict, _ in rows}
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "cnn", "network1", "network2"])
+def test_every_layer_of_the_shipped_configs_passes(name, tmp_path, capsys):
+    config = json.loads((ROOT / "configs" / f"{name}.json").read_text())
+    config.update(data_dir=str(tmp_path / "data"), model_file=str(tmp_path / "model.pkl"))
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    status, rows = gradcheck_lines(capsys, str(path))
+    assert status == 0
+    layers_checked = len(config["network"]) + sum(
+        spec["class"] == "BatchNorm" for spec in (config["network"].values() if isinstance(config["network"], dict)
+                                                  else config["network"]))
+    assert len(rows) == layers_checked + 1                         # BatchNorm twice, and the loss
+    assert all(verdict == "ok" and error < 1e-6 for error, verdict in rows.values())
+    assert not (tmp_path / "data").exists() and not (tmp_path / "model.pkl").exists()   # no data, no files
+
+
+def test_dropout_mask_is_held_and_batchnorm_is_checked_in_both_modes(tmp_path, capsys):
+    network = [{"class": "Linear", "n_in": 784, "n_out": 16}, {"class": "BatchNorm", "num_features": 16},
+               {"class": "Dropout", "p": 0.5}, {"class": "Linear", "n_in": 16, "n_out": 10}]
+    status, rows = gradcheck_lines(capsys, write_config(tmp_path, network=network))
+    assert status == 0
+    assert list(rows) == ["network[0] (Linear)", "network[1] (BatchNorm, train mode)",
+                          "network[1] (BatchNorm, eval mode)", "network[2] (Dropout)", "network[3] (Linear)",
+                          "loss (SoftmaxCrossEntropyLoss)"]
+
+
+# ---- your own layers ------------------------------------------------------------------------
+
+@pytest.fixture
+def user_folder(tmp_path, monkeypatch):
+    """A folder that counts as part of the layers package; the registry is restored afterwards."""
+    folder = tmp_path / "user_layers"
+    folder.mkdir()
+    monkeypatch.setattr(layers, "__path__", [*layers.__path__, str(folder)])
+    saved, broken, modules = dict(LAYERS), dict(BROKEN), set(sys.modules)
+    yield folder
+    LAYERS.clear(), LAYERS.update(saved), BROKEN.clear(), BROKEN.update(broken)
+    for name in set(sys.modules) - modules:
+        del sys.modules[name]
+
+
+def readme_layer():
+    """(file name, code) of the example layer in the README."""
+    return re.search(r"```python\n# layers/(\w+)\.py\n(.*?)```", README, re.S).groups()
+
+
+def readme_network():
+    return json.loads("{" + re.search(r'```json\n("network": \[\n  \{"class": "Linear".*?\])\n```', README,
+                                      re.S).group(1) + "}")["network"]
+
+
+def test_the_readme_example_layer_is_checked_trained_saved_and_loaded(user_folder, tmp_path, capsys,
+                                                                      mnist_data_dir):
+    name, code = readme_layer()
+    (user_folder / f"{name}.py").write_text(code)
+    discover()
+    assert "Swish" in LAYERS and BROKEN == {}
+    config = write_config(tmp_path, network=readme_network(), data_dir=str(mnist_data_dir), train_size=5000,
+                          valid_size=1000, num_epochs=2, lr=0.003, optimizer={"name": "adam"}, log_level=0)
+    status, rows = gradcheck_lines(capsys, config)
+    assert status == 0 and rows["network[1] (Swish)"][1] == "ok"
+    readme_rows = re.search(r"--task gradcheck\n(.*?)```", README, re.S).group(1).splitlines()[1:]
+    assert [row.split()[0:2] for row in readme_rows] == [[*label.split()] for label in rows]
+    assert main([config]) == 0                                       # trains, saves
+    assert main([config, "--task", "test"]) == 0                     # loads the saved model again
+    out = capsys.readouterr().out
+    assert float(out.split("Test accuracy: ")[1].split("%")[0]) > 85
+    assert run_error(capsys, [config, "--set", "network.1.num_features=0"]) == \
+        "error: network[1].num_features: expected an integer >= 1, got 0"
+    del LAYERS["Swish"]                                              # the file is gone: the model is refused
+    other = '--set=network=[{"class": "Linear", "n_in": 784, "n_out": 10}]'      # a config that still checks
+    assert "its network cannot be rebuilt: network[1].class: unknown module 'Swish'" in \
+        run_error(capsys, [config, "--task", "test", other])
+
+
+def test_a_wrong_backward_fails_gradcheck_naming_the_layer(user_folder, tmp_path, capsys):
+    name, code = readme_layer()
+    wrong = code.replace("return grad_y * self.s + grad_z * self.params[\"beta\"]", "return grad_y * self.s")
+    assert wrong != code
+    (user_folder / f"{name}.py").write_text(wrong)
+    discover()
+    config = write_config(tmp_path, network=readme_network())
+    status, rows = gradcheck_lines(capsys, config)
+    assert status == 2 and rows["network[1] (Swish)"][1] == "FAILED" and rows["network[1] (Swish)"][0] > 1e-3
+    assert rows["network[0] (Linear)"][1] == "ok"
+    assert run_error(capsys, [config, "--task", "gradcheck"]).endswith(
+        "error: gradcheck: 1 of 4 FAILED: network[1] (Swish)")
+
+
+def test_a_layer_without_backward_is_one_failed_line(user_folder, tmp_path, capsys):
+    (user_folder / "half.py").write_text("import numpy as np\nfrom nn_module import NNModule, register\n\n\n"
+                                         "@register\nclass Half(NNModule):\n"
+                                         "    def forward(self, x):\n        return x / 2\n")
+    discover()
+    config = write_config(tmp_path, network=[{"class": "Half"}, *readme_network()[:1], readme_network()[2]])
+    assert main([config, "--task", "gradcheck"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"network\[0\] \(Half\) +nan  FAILED \(NotImplementedError: Half must implement backward\(\)\)",
+                     captured.out)
+    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[0] (Half)\n"
+
+
+@pytest.mark.parametrize("code,reason", [
+    ("def broken(:\n", "layers/mine.py line 1: SyntaxError"),
+    ("from nn_module import NNModule, register\n\n\n@register\nclass Linear(NNModule):\n    pass\n",
+     "layers/mine.py: ValueError: Linear is registered twice"),
+])
+def test_a_file_that_fails_to_import_is_named_in_one_line(user_folder, tmp_path, capsys, code, reason):
+    (user_folder / "mine.py").write_text(code)
+    discover()
+    assert BROKEN["mine"].startswith(reason)
+    assert main([write_config(tmp_path), "--task", "summary"]) == 0        # other networks are unaffected
+    capsys.readouterr()
+    message = run_error(capsys, [write_config(tmp_path, network=[{"class": "Mine"}]), "--task", "summary"])
+    assert message.startswith("error: network[0].class: unknown 'Mine'") and reason in message
