@@ -128,11 +128,14 @@ class Engine:
 
     # ---- training ----------------------------------------------------------------------------
 
-    def train(self, resume=False):
-        """Trains, saving the model with the best validation accuracy to `model_file` as it goes.
+    def train(self, resume=False, on_epoch=None):
+        """Trains, saving the model with the best validation accuracy to `model_file` as it goes;
+        returns the history, one record per epoch.
 
         SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
         `resume=True` continues from it, giving the weights an uninterrupted run would have.
+        `on_epoch(record)`, when given, is called with each epoch's history record and may raise
+        to stop training (the tune task's pruner does).
         """
         c = self.config
         model = build_model(c["network"], self.dtype, self.rng, c["network_names"]).skip_input_grad()
@@ -152,7 +155,7 @@ class Engine:
         net, loss = self.objective(model)
         with stop_requests() as stop:
             while progress["epoch"] <= c["num_epochs"] and not progress["stopped"]:
-                self.train_epoch(model, net, loss, optimizer, data, progress, stop)
+                self.train_epoch(model, net, loss, optimizer, data, progress, stop, on_epoch)
         if not len(data[2]):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
         with contextlib.suppress(FileNotFoundError):
@@ -161,7 +164,7 @@ class Engine:
         self.log.info(f"saved model to {c['model_file']}{best}")
         return progress["history"]
 
-    def train_epoch(self, model, net, loss, optimizer, data, progress, stop):
+    def train_epoch(self, model, net, loss, optimizer, data, progress, stop, on_epoch=None):
         """Trains the rest of epoch `progress["epoch"]`, then validates, logs and saves.
         `net` and `loss` come from `objective(model)`; `model` is what gets saved."""
         c, epoch = self.config, progress["epoch"]
@@ -186,6 +189,8 @@ class Engine:
         progress["history"].append(record)
         self.log.info(epoch_line(record, c["num_epochs"]))
         self.save_history(progress["history"])
+        if on_epoch:
+            on_epoch(record)
         progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
         if c["patience"] and progress["stale"] >= c["patience"]:
             self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
