@@ -58,6 +58,7 @@ except ImportError as err:                     # this task only: the others neve
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)   # heartbeat, plots
 BEST_SHOWN = 5                                  # rows of the final table
+SETUP_WAIT = 30                                 # seconds to wait for the command that creates the study
 
 
 class Surplus(Exception):
@@ -74,15 +75,15 @@ def run(config_path, overrides, config, log):
     """The tune task: checks the search space and the database, runs the trials with
     `tune.workers` processes, then prints the best trials and writes best.json and the plots."""
     plan = make_plan(config_path, overrides, config)
-    study = open_study(plan)
-    add_slots(study, plan)
+    study, created = open_study(plan)
+    add_slots(study, plan, created)
     log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials, "
              f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
     if plan["workers"] == 1:
         work(plan, study, log)
     else:
         run_workers(plan, log)
-    report(plan, open_study(plan), log)
+    report(plan, study, log)
 
 
 def make_plan(config_path, overrides, config):
@@ -199,23 +200,41 @@ def shown(url):
 # ---- the study in its database -----------------------------------------------------------------
 
 def open_study(plan, worker=0):
-    """The study in plan["url"], created if new; ConfigError if the database cannot be reached."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)        # the trial lines below say it all
+    """(the study in plan["url"], whether this call created it); ConfigError if the database
+    cannot be reached."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)          # the trial lines below say it all
     url = plan["url"]
+    if url.startswith("postgresql://"):         # SQLAlchemy 2.1 would look for psycopg 3; requirements.txt has psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if url.startswith(
         "postgresql") else {}                                      # sqlite: wait for other workers' writes
     try:
-        storage = optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": connect}, heartbeat_interval=plan["heartbeat"],
-            grace_period=2 * plan["heartbeat"],
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
-        study = optuna.create_study(study_name=plan["name"], storage=storage, direction="maximize",
-                                    pruner=make_pruner(plan), load_if_exists=True)
+        storage = rdb_storage(url, plan["heartbeat"], connect)
+        try:                                    # the database lets one command create it
+            study, created = optuna.create_study(study_name=plan["name"], storage=storage, direction="maximize",
+                                                 pruner=make_pruner(plan)), True
+        except optuna.exceptions.DuplicatedStudyError:
+            study, created = optuna.load_study(study_name=plan["name"], storage=storage,
+                                               pruner=make_pruner(plan)), False
         study.sampler = make_sampler(plan, worker, len(study.get_trials(deepcopy=False)))
-        return study
+        return study, created
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"tune.storage: cannot open the database {plan['shown_url']}: {reason}") from None
+
+
+def rdb_storage(url, heartbeat, connect, tries=3):
+    """Optuna's storage in the database at `url`, whose tables it creates when they are missing;
+    two commands creating them at once collide, and the one that lost tries again."""
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(1)
 
 
 def make_sampler(plan, worker, known):
@@ -251,17 +270,28 @@ def is_lost(trial):
     return trial.state == TrialState.FAIL and "failure" not in trial.user_attrs
 
 
-def add_slots(study, plan):
-    """One WAITING trial for each slot the study does not have yet; lost trials of earlier
-    commands whose heartbeat stopped long ago are failed and queued again first."""
+def add_slots(study, plan, created):
+    """One WAITING trial for each slot the study does not have yet, then the study's attribute
+    "trials" set to their number. A command that did not create the study first waits for the
+    one that did to have done so (machines started at once), so no slot is made twice. Trials
+    of earlier commands whose heartbeat stopped long ago are failed and queued again."""
     optuna.storages.fail_stale_trials(study)
-    slots = slot_trials(study)
-    if slots and max(slots) >= plan["trials"]:
-        raise ConfigError(f"tune.trials: study {plan['name']} already has {max(slots) + 1} trials; "
-                          f"expected {max(slots) + 1} or more, got {plan['trials']}")
-    for slot in range(plan["trials"]):
-        if slot not in slots:
-            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"slot": slot}))
+    deadline = time.monotonic() + SETUP_WAIT
+    while not created and "trials" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    planned = study.user_attrs.get("trials", 0)
+    if plan["trials"] < planned:
+        raise ConfigError(f"tune.trials: study {plan['name']} already has {planned} trials; "
+                          f"expected {planned} or more, got {plan['trials']}")
+    have = slot_trials(study)
+    with stop_requests() as stop:               # Ctrl-C waits for the few writes below
+        for slot in range(plan["trials"]):
+            if slot not in have:
+                study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"slot": slot}))
+        if plan["trials"] != planned:
+            study.set_user_attr("trials", plan["trials"])
+    if stop.is_set():
+        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
 
 
 # ---- workers ------------------------------------------------------------------------------------
@@ -297,13 +327,15 @@ def run_one_trial(plan, study, log, trial_log, stop):
 
     try:
         study.optimize(objective, n_trials=1, catch=(TrialFailed, Surplus))
-    except (Interrupted, KeyboardInterrupt, DataError):
+    except (Interrupted, KeyboardInterrupt, DataError) as err:
         if "trial" in ran:                           # recorded FAIL by Optuna: queue its slot again
             frozen = find_trial(study, ran["trial"].number)
             optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
             log.info(trial_line(frozen, plan) + ": stopped, runs again when the study continues")
             with_checkpoint_removed(plan, ran["trial"].number)
-        raise
+        if isinstance(err, DataError):
+            raise
+        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}") from None
     frozen = find_trial(study, ran["trial"].number)
     if not frozen.user_attrs.get("surplus"):
         log.info(trial_line(frozen, plan))
@@ -409,7 +441,7 @@ def worker_process(plan, worker, errors):
     os.setsid()
     log = Logger(plan["log_level"], plan["log_file"])
     try:
-        work(plan, open_study(plan, worker), log)
+        work(plan, open_study(plan, worker)[0], log)
     except ConfigError as err:
         errors.put(str(err))
         raise SystemExit(2)
