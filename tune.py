@@ -11,8 +11,8 @@ Its `space` maps keys that `--set` can reach to what to try:
 Trial k of a study is the config with its sampled values set (as `--set` would), its own seed
 (derived from the study's `seed` and k) and its model file in the study's folder (`model_file`
 without `.pkl`); the engine trains it, with every check a training run has, and reports each
-validation accuracy to the pruner. The trial's value is its best validation accuracy: nothing
-here reads the test set.
+validation accuracy to the pruner. The trial's value is its best validation accuracy: the test
+set is never evaluated.
 
 The study lives in a database: by default a SQLite file in the study's folder, or any URL
 Optuna's RDB storage takes (postgresql://... for several machines). Its trials are made up front
@@ -73,16 +73,21 @@ class TrialFailed(Exception):
 
 def run(config_path, overrides, config, log):
     """The tune task: checks the search space and the database, runs the trials with
-    `tune.workers` processes, then prints the best trials and writes best.json and the plots."""
+    `tune.workers` processes, then prints the best trials and writes best.json and the plots
+    (when it is interrupted too, from the trials finished so far)."""
     plan = make_plan(config_path, overrides, config)
     study, created = open_study(plan)
     add_slots(study, plan, created)
     log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials, "
              f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
-    if plan["workers"] == 1:
-        work(plan, study, log)
-    else:
-        run_workers(plan, log)
+    try:
+        if plan["workers"] == 1:
+            work(plan, study, log)
+        else:
+            run_workers(plan, log)
+    except Interrupted:
+        report(plan, study, log)                # the best trials so far
+        raise
     report(plan, study, log)
 
 
@@ -95,6 +100,9 @@ def make_plan(config_path, overrides, config):
     if not c["valid_size"]:
         raise ConfigError("valid_size: the tune task scores trials on the validation split; expected > 0, got 0")
     space = {key: parse_entry(f"tune.space.{key}", entry) for key, entry in t["space"].items()}
+    for key in space:
+        for reserved in {k.strip().split(".")[0] for k in key.split(",")} & {"seed", "model_file", "task", "tune"}:
+            raise ConfigError(f"tune.space.{key}: {reserved} is set by the tune task for each trial, not searched")
     raw = read_json(config_path)
     for assignment in overrides:
         apply_override(raw, assignment)

@@ -86,6 +86,7 @@ def run_tune(config, *options):
     ({"network.0.n_out": {"int": [8, 16]}}, "tune.space.network.0.n_out: the value 8 is refused: network[2] (Linear) "
                                             "does not fit"),
     ({"network.9.n_out": {"int": [8, 16]}}, "expected a list index below 3"),
+    ({"seed": {"int": [0, 9]}}, "tune.space.seed: seed is set by the tune task for each trial, not searched"),
 ])
 def test_a_bad_search_space_is_one_line_before_any_trial(tmp_path, capsys, space, message):
     config = tune_config(tmp_path, tmp_path / "data", space=space)
@@ -220,6 +221,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, mnist_data_dir, work
     assert process.returncode == 130, err
     assert "interrupted: rerun the same command to continue study config" in err
     assert ": stopped, runs again when the study continues" in out
+    assert "study config: 2 trials, " in out                             # the report of what is done
     assert not glob.glob(str(tmp_path / "model" / "*.ckpt"))
     states = [t.state.name for t in study_of(config).trials]
     assert "RUNNING" not in states and "FAIL" in states              # the stopped trial, recorded as failed
