@@ -537,5 +537,8 @@ def draw(plan, study, log):
             continue
         figure = axes[0].figure
         figure.set_size_inches(max(6.4, 3.2 * len(axes)), 4.8)
-        paths.append(plots.save(plt, figure, path, False))
+        with atomic_write(path) as f:           # tight: the legends Optuna puts beside the axes
+            figure.savefig(f, format="png", dpi=plots.DPI, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
     return paths

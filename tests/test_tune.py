@@ -4,6 +4,7 @@ import contextlib
 import glob
 import json
 import os
+import pathlib
 import pwd
 import re
 import shutil
@@ -207,6 +208,26 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
     assert again[0].params == killed.params and again[0].user_attrs["seed"] == killed.user_attrs["seed"]
     assert f"(again, for trial 0)" in out
     assert slots(study) == {0: "COMPLETE", 1: "COMPLETE"}                # two trials, each run to the end once
+
+
+def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=3, num_epochs=40, train_size=500, pruner="none")
+    process = run_tune(config, "--workers", "2")
+    wait_for(tmp_path / "model" / "trial_0.history.json", process)
+    wait_for(tmp_path / "model" / "trial_1.history.json", process)       # both workers are training
+    children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+    workers = [int(pid) for pid in children if "spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err
+    assert "worker 0 was killed by signal 9" in err or "worker 1 was killed by signal 9" in err, err
+    study = study_of(config)
+    lost = [t for t in study.trials if t.state.name == "FAIL"]
+    again = [t for t in study.trials if "failed_trial" in t.system_attrs]
+    assert len(lost) == 1 and len(again) == 1 and again[0].params == lost[0].params
+    assert f"(again, for trial {lost[0].number})" in out
+    assert slots(study) == {0: "COMPLETE", 1: "COMPLETE", 2: "COMPLETE"}
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
