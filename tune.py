@@ -207,7 +207,7 @@ def shown(url):
 
 # ---- the study in its database -----------------------------------------------------------------
 
-def open_study(plan, worker=0):
+def open_study(plan):
     """(the study in plan["url"], whether this call created it); ConfigError if the database
     cannot be reached."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)          # the trial lines below say it all
@@ -224,7 +224,7 @@ def open_study(plan, worker=0):
         except optuna.exceptions.DuplicatedStudyError:
             study, created = optuna.load_study(study_name=plan["name"], storage=storage,
                                                pruner=make_pruner(plan)), False
-        study.sampler = make_sampler(plan, worker, len(study.get_trials(deepcopy=False)))
+        study.sampler = make_sampler(plan)
         return study, created
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -245,11 +245,11 @@ def rdb_storage(url, heartbeat, connect, tries=3):
             time.sleep(1)
 
 
-def make_sampler(plan, worker, known):
-    """The sampler; each worker draws with its own seed, made from the study's seed, the machine's
-    name, the worker's index and the number of trials the study `known` when it started, so that
-    workers here or elsewhere, and a command run again, do not draw the same values."""
-    text = f"{plan['seed']} {socket.gethostname()} {worker} {known}"
+def make_sampler(plan):
+    """The sampler, with a seed of this process's own (from the study's seed, the machine's name
+    and the process id), so that no two workers, here or elsewhere, draw the same values. The
+    draws of a search are not repeatable; each trial is (its values and seed are in the storage)."""
+    text = f"{plan['seed']} {socket.gethostname()} {os.getpid()}"
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
     if plan["sampler"] == "grid":
         return optuna.samplers.GridSampler({key: e["choices"] for key, e in plan["space"].items()}, seed=seed)
@@ -413,7 +413,7 @@ def run_workers(plan, log):
     own, so Ctrl-C reaches this process only, which passes each signal on once."""
     context = multiprocessing.get_context("spawn")    # a fresh interpreter: no database connection shared
     errors = context.SimpleQueue()
-    processes = [context.Process(target=worker_process, args=(plan, i, errors), name=f"worker {i}")
+    processes = [context.Process(target=worker_process, args=(plan, errors), name=f"worker {i}")
                  for i in range(plan["workers"])]
     for p in processes:
         p.start()
@@ -444,12 +444,12 @@ def run_workers(plan, log):
         raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
 
 
-def worker_process(plan, worker, errors):
+def worker_process(plan, errors):
     """One worker process: exit status 0 done, 130 interrupted, 2 with its message in `errors`."""
     os.setsid()
     log = Logger(plan["log_level"], plan["log_file"])
     try:
-        work(plan, open_study(plan, worker)[0], log)
+        work(plan, open_study(plan)[0], log)
     except ConfigError as err:
         errors.put(str(err))
         raise SystemExit(2)

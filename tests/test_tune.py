@@ -30,6 +30,7 @@ TINY_NET = [{"class": "Linear", "n_in": 784, "n_out": 16}, {"class": "Tanh"},
             {"class": "Linear", "n_in": 16, "n_out": 10}]
 SPACE = {"lr": {"float": [0.02, 0.5], "log": True}, "optimizer.name": {"choices": ["sgd", "momentum"]},
          "network.0.n_out,network.2.n_in": {"int": [8, 24]}}
+LONG_TRIALS = {"num_epochs": 200, "train_size": 500, "pruner": "none"}    # a few seconds: time to stop one
 TRIAL_LINE = re.compile(r"^trial (\d+)(?: \(again, for trial (\d+)\))?  (.*)  (\d+\.\d)s$")
 
 
@@ -62,9 +63,13 @@ def slots(study):
 
 
 def assert_each_trial_ran_once(study, count):
-    assert len(study.trials) == count and sorted(slots(study)) == list(range(count))
+    """`count` trials, one per slot, each finished once with values of its own. Two workers that
+    reach for the last waiting trial at once may add an empty "surplus" trial; it runs nothing."""
+    trials = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert all(t.state.name == "FAIL" and not t.params for t in study.trials if t not in trials)
+    assert len(trials) == count and sorted(slots(study)) == list(range(count))
     assert set(slots(study).values()) <= {"COMPLETE", "PRUNED"}
-    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == count     # no values drawn twice
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == count     # no values drawn twice
 
 
 def run_tune(config, *options):
@@ -193,7 +198,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
     """SIGKILL gives no chance to clean up: the trial stays RUNNING until its heartbeat is two
     heartbeats old (2 s here); then the next command fails it and runs its slot again, with the
     same values and seed."""
-    config = tune_config(tmp_path, mnist_data_dir, trials=2, num_epochs=40, train_size=500, pruner="none")
+    config = tune_config(tmp_path, mnist_data_dir, trials=2, **LONG_TRIALS)
     process = run_tune(config)
     wait_for(tmp_path / "model" / "trial_0.history.json", process)       # trial 0 is past its first epoch
     process.kill()
@@ -211,7 +216,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
 
 
 def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data_dir):
-    config = tune_config(tmp_path, mnist_data_dir, trials=3, num_epochs=40, train_size=500, pruner="none")
+    config = tune_config(tmp_path, mnist_data_dir, trials=3, **LONG_TRIALS)
     process = run_tune(config, "--workers", "2")
     wait_for(tmp_path / "model" / "trial_0.history.json", process)
     wait_for(tmp_path / "model" / "trial_1.history.json", process)       # both workers are training
@@ -232,7 +237,7 @@ def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, mnist_data_dir, workers):
-    config = tune_config(tmp_path, mnist_data_dir, trials=2, num_epochs=40, train_size=500, pruner="none")
+    config = tune_config(tmp_path, mnist_data_dir, trials=2, **LONG_TRIALS)
     process = run_tune(config, "--workers", workers)
     wait_for(tmp_path / "model" / "trial_0.history.json", process)
     process.send_signal(signal.SIGINT)
