@@ -59,7 +59,7 @@ DEFAULTS = {
 }
 AUGMENT_DEFAULTS = {"shift": 0, "rotate": 0, "scale": 0}   # a key missing from "augment"
 TUNE_DEFAULTS = {
-    "space": {},                # dotted key -> {"float": [low, high], "log": bool} | {"int": [low, high]} | {"choices": [...]}
+    "space": {},                # dotted key -> {"float": [low, high], "log": bool}, {"int": ...} or {"choices": ...}
     "trials": 20,               # trials the study runs in all, over every command and worker
     "workers": 1,               # worker processes this command runs (--workers)
     "sampler": "tpe",           # tpe | random | grid (grid: every combination of the choices, once)

@@ -143,7 +143,8 @@ def parse_entry(key, entry):
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{key}.choices: expected a non-empty list, got {json.dumps(choices)}")
         if not all(v is None or isinstance(v, (bool, int, float, str)) for v in choices):
-            raise ConfigError(f"{key}.choices: expected numbers, strings, true, false or null, got {json.dumps(choices)}")
+            raise ConfigError(f"{key}.choices: expected numbers, strings, true, false or null, "
+                              f"got {json.dumps(choices)}")
         return {"choices": choices}
     bounds, log = entry[kind], entry.get("log", False)
     number = int if kind == "int" else (int, float)
@@ -212,7 +213,7 @@ def open_study(plan):
     cannot be reached."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)          # the trial lines below say it all
     url = plan["url"]
-    if url.startswith("postgresql://"):         # SQLAlchemy 2.1 would look for psycopg 3; requirements.txt has psycopg2
+    if url.startswith("postgresql://"):         # SQLAlchemy 2.1 would look for psycopg 3; we install psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if url.startswith(
         "postgresql") else {}                                      # sqlite: wait for other workers' writes
@@ -237,7 +238,8 @@ def rdb_storage(url, heartbeat, connect, tries=3):
     for attempt in range(tries):
         try:
             return optuna.storages.RDBStorage(
-                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             if attempt == tries - 1:
@@ -485,9 +487,9 @@ def report(plan, study, log):
     finals = [trials[-1] for trials in slot_trials(study).values()]      # the slot's last attempt
     count = {state: sum(t.state == state for t in finals) for state in TrialState}
     complete = sorted((t for t in finals if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    unfinished = "".join(f", {count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s])
     log.result(f"study {plan['name']}: {len(finals)} trials, {count[TrialState.COMPLETE]} complete, "
-               f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed"
-               + "".join(f", {count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s]))
+               f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{unfinished}")
     if not complete:
         return
     keys = list(plan["space"])

@@ -80,8 +80,10 @@ def run_tune(config, *options):
 
 @pytest.mark.parametrize("space,message", [
     ({}, "tune.space: the tune task needs a search space"),
-    ({"lrr": {"float": [0.01, 0.1]}}, "tune.space.lrr: the value 0.01 is refused: lrr: unknown key; did you mean 'lr'?"),
-    ({"optimizer.momentun": {"choices": [0.9]}}, "the value 0.9 is refused: optimizer.momentun: unknown argument of SGD"),
+    ({"lrr": {"float": [0.01, 0.1]}},
+     "tune.space.lrr: the value 0.01 is refused: lrr: unknown key; did you mean 'lr'?"),
+    ({"optimizer.momentun": {"choices": [0.9]}},
+     "the value 0.9 is refused: optimizer.momentun: unknown argument of SGD"),
     ({"lr": {"choices": []}}, "tune.space.lr.choices: expected a non-empty list, got []"),
     ({"lr": {"float": [0.5, 0.1]}}, "tune.space.lr.float: low 0.5 is above high 0.1"),
     ({"lr": {"float": [0, 0.1], "log": True}}, "tune.space.lr.float: a log scale needs low > 0, got 0"),
