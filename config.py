@@ -17,6 +17,7 @@ import math
 import numbers
 import os
 
+from backend import DEVICES
 from datasets import BROKEN, DATASETS
 from errors import ConfigError
 from nn_module import LAYERS, LOSSES
@@ -31,9 +32,10 @@ DEFAULTS = {
     "data_dir": "data",         # where downloaded data is cached
     "model_file": None,         # None: models/<config file name>.pkl
     "log_file": None,           # None: log to the terminal only
-    "log_level": 1,             # 0 warnings, 1 a line per epoch, 2 progress, 3 debug
+    "log_level": 1,             # 0 warnings, 1 a line per epoch (and a bar on a terminal), 2 progress, 3 debug
     "seed": 0,
     "dtype": "float32",
+    "device": "cpu",            # cpu (numpy) | gpu (CuPy on an NVIDIA GPU)
     "batch_size": 100,
     "num_epochs": 30,
     "lr": 0.1,
@@ -69,11 +71,42 @@ TUNE_DEFAULTS = {
     "heartbeat": 30,            # seconds between a running trial's heartbeats; silent for 2x that: failed, retried
 }
 
+# What other tools (Keras, PyTorch, scikit-learn) call a key or argument of this project, in lower
+# case. Spelling alone would lead elsewhere: difflib suggests 'decay_rate' for 'learning_rate'.
+ALIASES = {
+    "learning_rate": "lr", "learningrate": "lr", "eta": "lr",
+    "epochs": "num_epochs", "n_epochs": "num_epochs", "max_epochs": "num_epochs", "nb_epoch": "num_epochs",
+    "epoch": "num_epochs",
+    "batch": "batch_size", "batchsize": "batch_size", "mini_batch_size": "batch_size",
+    "layers": "network", "model": "network", "architecture": "network",
+    "random_seed": "seed", "random_state": "seed", "verbose": "log_level", "verbosity": "log_level",
+    "criterion": "loss", "loss_function": "loss", "objective": "loss", "optim": "optimizer", "solver": "optimizer",
+    "scheduler": "schedule", "lr_scheduler": "schedule", "lr_schedule": "schedule", "lr_decay": "decay_rate",
+    "validation_size": "valid_size", "val_size": "valid_size", "validation_split": "valid_size",
+    "early_stopping_patience": "patience", "warmup": "warmup_epochs",
+    "grad_clip": "clip_grad_norm", "clipnorm": "clip_grad_norm", "max_grad_norm": "clip_grad_norm",
+    "model_path": "model_file", "save_path": "model_file", "checkpoint": "model_file", "data_path": "data_dir",
+    "momentum": "optimizer.momentum", "weight_decay": "optimizer.weight_decay", "nesterov": "optimizer.nesterov",
+    "units": "n_out", "out_features": "n_out", "in_features": "n_in", "input_dim": "n_in",
+    "filters": "out_channels", "kernel": "kernel_size", "pool_size": "kernel_size", "strides": "stride",
+    "rate": "p", "dropout": "p", "alpha": "negative_slope", "epsilon": "eps", "beta_1": "beta1", "beta_2": "beta2",
+}
 
 
 def _closest(word, choices):
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    """'; did you mean X?' for a name not in `choices`, or '': the same name in other letter case
+    (Relu: ReLU), else what other tools call it (ALIASES), else the closest spelling."""
+    choices, word = list(choices), str(word)
+    same_but_case = [c for c in choices if str(c).lower() == word.lower()]
+    alias = ALIASES.get(word.lower())
+    if same_but_case:
+        guess = same_but_case[0]
+    elif alias is not None and alias.split(".")[0] in choices:     # optimizer.momentum: its first part
+        guess = alias
+    else:
+        close = difflib.get_close_matches(word, choices, n=1)
+        guess = close[0] if close else None
+    return f"; did you mean {guess!r}?" if guess is not None else ""
 
 
 def _describe(value):
@@ -167,6 +200,7 @@ CHECKS = {
     "log_level": _integer(0, 3),
     "seed": _integer(0),
     "dtype": _choice(("float32", "float64")),
+    "device": _choice(DEVICES),
     "batch_size": _integer(1),
     "num_epochs": _integer(1),
     "lr": _number(0, math.inf, low_open=True),
@@ -239,6 +273,9 @@ def _child(node, part, where, assignment, top):
     if isinstance(node, list):
         child = node[_index(node, part, where, assignment)]
     else:
+        if part not in node and where == f"network.{part}":        # named layers: no new layer half-made
+            raise ConfigError(f"--set {assignment}: the network has no layer {part!r} "
+                              f"(its layers: {', '.join(node)})")
         if part not in node:
             default = DEFAULTS.get(part) if top else None
             node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
@@ -308,8 +345,9 @@ def check_optimizer(optimizer, lr):
     optimizer = {"name": "sgd", **optimizer}
     name = _choice(sorted(OPTIMIZERS))("optimizer.name", optimizer["name"])
     arguments = {k: v for k, v in optimizer.items() if k != "name"}
-    if "lr" in arguments:
-        raise ConfigError("optimizer.lr: set the learning rate with the top-level key 'lr'")
+    for key in ("lr", "learning_rate"):
+        if key in arguments:
+            raise ConfigError(f"optimizer.{key}: set the learning rate with the top-level key 'lr'")
     check_arguments("optimizer", OPTIMIZERS[name], arguments, ("lr",))
     try:
         OPTIMIZERS[name](lr=lr, **arguments)
@@ -355,6 +393,43 @@ def validate(raw, path="config.json"):
     if config["plot_dir"] is None:
         config["plot_dir"] = os.path.splitext(config["model_file"])[0] + "_plots"
     return config
+
+
+def changes(old, new, ignore=(), only=("",), shown=6):
+    """What differs between two validated configs, as 'key: OLD -> NEW' strings with the keys a
+    user writes: optimizer.momentum, and layers by the names in `new` (network.fc1.n_out), so a
+    network given as a list and the same one as named layers do not differ. Only keys starting
+    with one of `only`, and none of `ignore`, are compared; after `shown` changes, the rest are counted."""
+    old_layers, new_layers = old.get("network") or [], new["network"]
+    names = list(new["network_names"]) + [f"network[{i}]" for i in range(len(new_layers), len(old_layers))]
+    before, after = _leaves(old, names), _leaves(new, names)
+    found = [f"network: {len(old_layers)} layers -> {len(new_layers)}"] if len(old_layers) != len(new_layers) else []
+    for key in [*after, *(k for k in before if k not in after)]:
+        compared = key.startswith(tuple(only)) and not key.startswith(tuple(ignore))
+        if compared and before.get(key, _UNSET) != after.get(key, _UNSET):
+            found.append(f"{key}: {_shown(before.get(key, _UNSET))} -> {_shown(after.get(key, _UNSET))}")
+    return found[:shown] + ([f"and {len(found) - shown} more"] if len(found) > shown else [])
+
+
+_UNSET = object()       # a key one of the two configs does not have
+
+
+def _shown(value):
+    return "(not set)" if value is _UNSET else _describe(value)
+
+
+def _leaves(config, names):
+    """{dotted key: value} of a validated config: objects opened one level, layers by `names`."""
+    leaves = {}
+    for key, value in config.items():
+        if key == "network":
+            for name, spec in zip(names, value):
+                leaves.update({f"{name}.{argument}": v for argument, v in spec.items()})
+        elif isinstance(value, dict) and value:
+            leaves.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key != "network_names":
+            leaves[key] = value
+    return leaves
 
 
 def load_config(path, overrides=(), task=None):

@@ -1,7 +1,14 @@
-"""Runs a task from a validated config: builds the model, loads the data, trains or tests.
+"""Runs a task from a validated config: builds the model, loads the data and trains.
 
-The engine is the only place that brings the parts together: config -> model (model.py),
-optimizer and schedule (optim.py), data (datasets/), files (utils.py), messages (log.py).
+The engine is where the parts meet: config -> model (model.py), optimizer and schedule
+(optim.py), data (datasets/), files (utils.py), messages (log.py). Training happens here; the
+tasks that only look at a network (test, plot, predict, summary) live in tasks.py and get
+their model, data and checks from the engine.
+
+The training step itself is `train_step`: forward, loss, backward, update. Around it,
+`Engine.train_epoch` keeps the books (shuffling, running loss and accuracy, progress, Ctrl-C)
+and `Engine.train` the epochs (learning rate, validation, saving the best model, early stop).
+
 Everything that can be checked without the data (the network chains, fits the dataset's input
 and classes, the model file can be written) is checked before the data is loaded or
 downloaded; only `npz` and `csv` datasets are read first, to learn their shapes.
@@ -16,17 +23,18 @@ import time
 
 import numpy as np
 
+import tasks
+from backend import get_backend, map_arrays, to_numpy
+from config import changes
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
-from datasets.prepare import prepare_image
 from errors import ConfigError, DataError, ModelFileError
 from log import fmt
-from model import Model, build_model
-from nn_module import LOSSES, CrossEntropyLoss, Flatten, Reshape, Softmax, SoftmaxCrossEntropyLoss
+from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import atomic_write, copy_arrays, load_model, read_pickle, save_model
+from utils import atomic_write, copy_arrays, read_pickle, save_model, training_lock
 
-EVAL_BATCH = 1000
+EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
 
 
 class DivergenceError(ConfigError):
@@ -60,9 +68,35 @@ def stop_requests():
 
 
 def new_progress():
-    """Where training stands; a checkpoint saves it and --resume restores it."""
+    """Where training stands; a checkpoint saves it and --resume restores it.
+
+    epoch, batch:      the epoch under way (from 1) and the batches of it already done;
+    order:             that epoch's shuffled example indices (None until it starts);
+    loss_sum, correct: that epoch's running sum of losses (times batch sizes) and right answers;
+    seconds:           its time spent before an interruption;
+    best_accuracy, stale, stopped: the best validation accuracy so far, the validations
+                       since it improved, and whether early stopping ended training;
+    history:           one record per finished epoch (see `Engine.train`);
+    first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
+                       times it was reported (see `Engine.warn_if_exploding`).
+    """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
-            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": []}
+            "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": [],
+            "first_loss": None, "warned_exploding": False}
+
+
+def train_step(model, loss, optimizer, x, y, clip_norm=None):
+    """One step of gradient descent on the batch (x, y); returns (the loss, the model's output)."""
+    # forward
+    out = model.forward(x)
+    value = loss.forward(out, y)
+    # backward: every layer overwrites its grads with dL/dparams
+    model.backward(loss.backward())
+    # update (packed_params holds model.params, in one array after model.pack())
+    if clip_norm:
+        clip_grad_norm(model.packed_grads, clip_norm)
+    optimizer.step(model.packed_params, model.packed_grads)
+    return value, out
 
 
 class Engine:
@@ -72,13 +106,39 @@ class Engine:
         self.rng = np.random.default_rng(config["seed"])
         self.dataset = make_dataset(config)
         self.info = self.dataset.info()
+        self._backend = None
 
-    def run(self, resume=False):
-        if resume and self.config["task"] != "train":
-            raise ConfigError(f"--resume: only the train task can resume, not {self.config['task']!r}")
-        tasks = {"train": lambda: self.train(resume), "test": self.test, "plot": self.plot,
-                 "summary": self.summary, "predict": self.predict}
-        return tasks[self.config["task"]]()
+    @property
+    def backend(self):
+        """Where the arrays live (backend.py), set up on first use: the summary task needs none."""
+        if self._backend is None:
+            self._backend = get_backend(self.config["device"])
+        return self._backend
+
+    def run(self, resume=False, on_epoch=None):
+        task = self.config["task"]
+        if resume and task != "train":
+            raise ConfigError(f"--resume: only the train task can resume, not {task!r}")
+        try:
+            if task != "train":
+                return tasks.TASKS[task](self)
+            self.check_writable(self.config["model_file"])
+            with training_lock(self.config["model_file"]):     # no second run writes model_file meanwhile
+                return self.train(resume, on_epoch)
+        except Exception as err:
+            if self._backend is None or not isinstance(err, self._backend.out_of_memory):
+                raise
+            raise ConfigError(f"device: out of {self._backend.name.upper()} memory ({err}); use a smaller "
+                              "batch_size or network, or another device") from None
+
+    def to_device(self, model):
+        """`model` with its arrays on the run's device, its random layers (Dropout) drawing from
+        the device's source of the run's random numbers."""
+        model.map_arrays(self.backend.to_device)
+        for layer in model.layers:
+            if hasattr(layer, "rng"):
+                layer.rng = self.backend.random(self.rng)
+        return model
 
     # ---- building and checking, before any data --------------------------------------------
 
@@ -88,32 +148,35 @@ class Engine:
         output = model.output_shapes(input_shape)[-1]
         if output != (num_classes,):
             raise ConfigError(f"network: the last layer gives {output} per example, but "
-                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)")
-
-    def objective(self, model):
-        """(network to run, loss on its output). A final Softmax with CrossEntropyLoss becomes the
-        network without it and SoftmaxCrossEntropyLoss: the same loss and gradient, in log space."""
-        loss_class = LOSSES[self.config["loss"]]
-        if isinstance(model.layers[-1], Softmax) and loss_class is CrossEntropyLoss:
-            return Model(model.layers[:-1], model.names[:-1]), SoftmaxCrossEntropyLoss(self.dtype)
-        return model, loss_class(self.dtype)
+                              f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)"
+                              f"{self.dataset.classes_note()}")
 
     def check_writable(self, path, key="model_file"):
-        """ConfigError unless a file can be written at `path` (its folder is created)."""
+        """ConfigError unless a file could be written at `path`. Nothing is created here (the file's
+        folder is made when the file is written), so a run that fails leaves no empty folder."""
         folder = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"{key}: cannot create folder {folder}: {err.strerror}") from None
-        if os.path.isdir(path) or not os.access(folder, os.W_OK):
+        existing = folder
+        while not os.path.exists(existing):               # the nearest folder that exists, which would hold it
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            raise ConfigError(f"{key}: cannot create folder {folder}: {existing} is a file")
+        if os.path.isdir(path) or not os.access(existing, os.W_OK):
             raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
+
+    def build_optimizer(self):
+        c = self.config
+        arguments = {k: v for k, v in c["optimizer"].items() if k != "name"}
+        return OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **arguments)
 
     # ---- data --------------------------------------------------------------------------------
 
-    def load_data(self):
-        data = load_dataset(self.dataset, log=self.log)
+    def load_data(self, test_only=False):
+        """The dataset's arrays in the run's dtype; with `test_only`, only x_test and y_test (a
+        dataset that can, such as MNIST, then reads only its test files)."""
+        data = load_dataset(self.dataset, log=self.log, test_only=test_only)
         for key in ("x_train", "x_test"):
-            data[key] = data[key].astype(self.dtype, copy=False)
+            if key in data:
+                data[key] = data[key].astype(self.dtype, copy=False)
         return data
 
     def split(self, data):
@@ -130,109 +193,131 @@ class Engine:
 
     def train(self, resume=False, on_epoch=None):
         """Trains, saving the model with the best validation accuracy to `model_file` as it goes;
-        returns the history, one record per epoch.
+        returns the history, one record per epoch:
+            {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "lr", "seconds"}
+        (valid_* are None in epochs without validation). `on_epoch(record)`, when given, is
+        called after each epoch and may raise to stop training.
 
         SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
-        `resume=True` continues from it, giving the weights an uninterrupted run would have.
-        `on_epoch(record)`, when given, is called with each epoch's history record and may raise
-        to stop training (the tune task's pruner does).
+        `resume=True` continues from it, giving the weights an uninterrupted run would have. A run
+        that ends leaves its last state there too, and `resume=True` with a larger num_epochs
+        trains it on, as Keras's `initial_epoch` does.
         """
         c = self.config
-        model = build_model(c["network"], self.dtype, self.rng, c["network_names"]).skip_input_grad()
+        model, loss = build_trainable(c["network"], c["loss"], self.dtype, self.rng, c["network_names"])
+        model.skip_input_grad()
         self.check_fits(model)
         self.check_writable(c["model_file"])
-        optimizer_args = {k: v for k, v in c["optimizer"].items() if k != "name"}
-        optimizer = OPTIMIZERS[c["optimizer"]["name"]](lr=c["lr"], **optimizer_args)
+        optimizer = self.build_optimizer()
         if not resume and os.path.exists(self.checkpoint_path()):
-            raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
-                              "or delete it to start afresh")
+            if not self.finished_checkpoint():
+                raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
+                                  "or delete it to start afresh")
+            os.unlink(self.checkpoint_path())          # this run replaces the one --resume could have extended
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
+        self.to_device(model).pack()
+        optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
-        data = self.split(self.load_data())
-        self.log.info(f"training on {len(data[0])} examples, validating on {len(data[2])}; "
+        x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data()))
+        where = f" on {self.backend.describe()}" if self.backend.name != "cpu" else ""
+        self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}{where}; "
                       f"{sum(p.size for p in model.params.values()):,} parameters"
                       + (f"; resuming at epoch {progress['epoch']}, batch {progress['batch'] + 1}" if resume else ""))
-        net, loss = self.objective(model)
         with stop_requests() as stop:
             while progress["epoch"] <= c["num_epochs"] and not progress["stopped"]:
-                self.train_epoch(model, net, loss, optimizer, data, progress, stop, on_epoch)
-        if not len(data[2]):
+                epoch = progress["epoch"]
+                optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
+                                             c["start_epoch_decay"], c["warmup_epochs"])
+                start = time.perf_counter()
+                self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop)
+                record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
+                          "train_accuracy": progress["correct"] / len(x_train),
+                          "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
+                if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
+                    record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(model, loss, x_valid, y_valid)
+                    self.keep_if_best(model, record, progress)
+                record["seconds"] = progress["seconds"] + time.perf_counter() - start
+                progress["history"].append(record)
+                self.log.info(epoch_line(record, c["num_epochs"]))
+                self.save_history(progress["history"])
+                progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
+                if c["patience"] and progress["stale"] >= c["patience"]:
+                    self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
+                    progress["stopped"] = True
+                if on_epoch:
+                    on_epoch(record)
+        if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.checkpoint_path())
-        best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(data[2]) else ""
+        self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
+        best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(x_valid) else ""
         self.log.info(f"saved model to {c['model_file']}{best}")
         return progress["history"]
 
-    def train_epoch(self, model, net, loss, optimizer, data, progress, stop, on_epoch=None):
-        """Trains the rest of epoch `progress["epoch"]`, then validates, logs and saves.
-        `net` and `loss` come from `objective(model)`; `model` is what gets saved."""
-        c, epoch = self.config, progress["epoch"]
-        x_train, y_train, x_valid, y_valid = data
-        optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
-                                     c["start_epoch_decay"], c["warmup_epochs"])
-        if progress["order"] is None:
-            progress["order"] = self.rng.permutation(len(x_train))
-        start = time.perf_counter()
-        self.train_batches(net, loss, optimizer, x_train, y_train, progress, stop, model)
-        record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
-                  "train_accuracy": progress["correct"] / len(x_train),
-                  "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
-        if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
-            record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(net, loss, x_valid, y_valid)
-            if record["valid_accuracy"] > progress["best_accuracy"]:
-                progress["best_accuracy"], progress["stale"] = record["valid_accuracy"], 0
-                save_model(c["model_file"], model, c, {"epoch": epoch})
-            else:
-                progress["stale"] += 1
-        record["seconds"] = progress["seconds"] + time.perf_counter() - start
-        progress["history"].append(record)
-        self.log.info(epoch_line(record, c["num_epochs"]))
-        self.save_history(progress["history"])
-        if on_epoch:
-            on_epoch(record)
-        progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
-        if c["patience"] and progress["stale"] >= c["patience"]:
-            self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
-            progress["stopped"] = True
+    def keep_if_best(self, model, record, progress):
+        """Saves the model when its validation accuracy beats the best so far (the earliest wins a tie)."""
+        if record["valid_accuracy"] > progress["best_accuracy"]:
+            progress["best_accuracy"], progress["stale"] = record["valid_accuracy"], 0
+            save_model(self.config["model_file"], model, self.config, {"epoch": record["epoch"]})
+        else:
+            progress["stale"] += 1
 
-    def train_batches(self, net, loss, optimizer, x, y, progress, stop, model):
-        """The remaining mini-batches of the epoch, in the order `progress["order"]`."""
-        batch_size, order, epoch = self.config["batch_size"], progress["order"], progress["epoch"]
+    def train_epoch(self, model, loss, optimizer, x, y, progress, stop):
+        """Runs train_step on the epoch's remaining mini-batches, in the shuffled order
+        `progress["order"]`, and keeps the running loss and accuracy in `progress`."""
+        c, epoch = self.config, progress["epoch"]
+        if progress["order"] is None:
+            progress["order"] = self.rng.permutation(len(x))
+        batch_size, order = c["batch_size"], self.backend.to_device(progress["order"])
         batches, start, first = math.ceil(len(x) / batch_size), time.perf_counter(), progress["batch"]
-        net.train()
-        while progress["batch"] < batches:
-            b = progress["batch"]
+        correct = progress["correct"]      # counted where the outputs are: no copy to the host per batch
+        random = self.backend.random(self.rng)
+        model.train()
+        for b in range(first, batches):
             index = order[b * batch_size:(b + 1) * batch_size]
             xb, yb = x[index], y[index]
-            if self.config["augment"]:                         # training batches only
-                xb = random_affine(xb, self.info.image_shape, self.rng, **self.config["augment"])
+            if c["augment"]:                                   # training batches only
+                xb = random_affine(xb, self.info.image_shape, random, **c["augment"])
             with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
-                out = net.forward(xb)
-                value = loss.forward(out, yb)
+                value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
             if not math.isfinite(value):
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
-                                      f"in {self.config['model_file']}")
-            net.backward(loss.backward())
-            if self.config["clip_grad_norm"]:
-                clip_grad_norm(net.grads, self.config["clip_grad_norm"])
-            optimizer.step(net.params, net.grads)
+                                      f"in {c['model_file']}")
+            self.warn_if_exploding(value, progress, b + 1, optimizer.lr)
             progress["loss_sum"] += value * len(index)
-            progress["correct"] += int((out.argmax(axis=1) == yb).sum())
+            correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
-            self.log.progress(b + 1, batches, f"loss {fmt(progress['loss_sum'] / seen)} acc "
-                                              f"{progress['correct'] / seen:.4f} {rate:.0f} ex/s "
-                                              f"eta {(len(x) - seen) / rate:.0f}s")
+            self.log.progress(b + 1, batches, lambda: f"loss {fmt(progress['loss_sum'] / seen)} acc "
+                                                      f"{100 * int(correct) / seen:.2f}% {rate:.0f} ex/s "
+                                                      f"eta {(len(x) - seen) / rate:.0f}s")
             if stop.is_set():
+                progress["correct"] = int(correct)
                 progress["seconds"] += time.perf_counter() - start
                 self.save_checkpoint(model, optimizer, progress)
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{self.checkpoint_path()}: continue with --resume")
+        progress["correct"] = int(correct)
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    def warn_if_exploding(self, value, progress, batch, lr):
+        """Warns, once a run, when a batch loss passes EXPLODING times the run's first one (that of
+        the untrained network): training is going astray while the loss is still finite."""
+        if progress.get("first_loss") is None:
+            progress["first_loss"] = value
+        if value > EXPLODING * progress["first_loss"] and not progress.get("warned_exploding"):
+            progress["warned_exploding"] = True
+            self.log.warning(f"the loss is exploding: {fmt(value)} at epoch {progress['epoch']}, batch {batch}, "
+                             f"{value / progress['first_loss']:.0f} times the first batch's "
+                             f"{fmt(progress['first_loss'])} (try a lower lr than {lr:g})")
+
+    def evaluate(self, model, loss, x, y):
+        """(mean loss, accuracy, predicted classes) of `model` in eval mode."""
+        out = forward_in_eval_mode(model, x)
+        predictions = out.argmax(axis=1)
+        return float(loss.forward(out, y)), float((predictions == y).mean()), predictions
+
+    # ---- checkpoints and history -------------------------------------------------------------
 
     def checkpoint_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".ckpt"
@@ -240,7 +325,8 @@ class Engine:
     def save_checkpoint(self, model, optimizer, progress):
         """Everything a resumed run needs: weights, optimizer state, random state, position."""
         save_model(self.checkpoint_path(), model, self.config, {
-            "optimizer": optimizer.state_dict(), "rng": self.rng.bit_generator.state, "progress": progress})
+            "optimizer": map_arrays(to_numpy, optimizer.state_dict()), "rng": self.rng.bit_generator.state,
+            "progress": progress})
 
     def load_checkpoint(self, model, optimizer):
         """Restores model, optimizer and random state from the checkpoint; returns the progress."""
@@ -248,21 +334,33 @@ class Engine:
         payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
         if not {"optimizer", "rng", "progress"} <= payload.keys():
             raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
-        ignored = ("task", "log_level", "log_file")
-        changed = [k for k in self.config if k not in ignored and payload["config"].get(k) != self.config[k]]
+        ignored = ("task", "log_level", "log_file", "num_epochs", "plot", "show", "input", "save_prepared",
+                   "device")                            # a checkpoint holds numpy arrays: any device resumes it
+        changed = changes(payload["config"], self.config, ignore=ignored)
         if changed:
-            raise ConfigError(f"--resume: {path} was made with other values of {', '.join(changed)}; "
-                              "resume with the same config or train without --resume")
+            raise ConfigError(f"--resume: {path} was made with another config (then -> now: {'; '.join(changed)}); "
+                              "only num_epochs may change, to train longer: resume with the run's config, "
+                              "or train without --resume")
+        progress, epochs, then = payload["progress"], self.config["num_epochs"], payload["config"]["num_epochs"]
+        if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
+            ended = "stopped early" if progress["stopped"] else "has trained"
+            raise ConfigError(f"--resume: the run {ended} after {progress['epoch'] - 1} epochs (num_epochs {then}); "
+                              f"to train longer, raise num_epochs (--set num_epochs=N, N > {progress['epoch'] - 1})")
+        if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew
+            progress.update(stopped=False, stale=0)
         copy_arrays(model, payload, path)
         optimizer.load_state_dict(payload["optimizer"])
         self.rng.bit_generator.state = payload["rng"]
-        return payload["progress"]
+        return progress
 
-    def evaluate(self, net, loss, x, y):
-        """(mean loss, accuracy, predicted classes) of `net` in eval mode."""
-        out = forward_in_eval_mode(net, x)
-        predictions = out.argmax(axis=1)
-        return loss.forward(out, y), float((predictions == y).mean()), predictions
+    def finished_checkpoint(self):
+        """Whether the checkpoint beside model_file is that of a run that ended (kept for --resume
+        to extend), not of an interrupted one."""
+        try:
+            payload = read_pickle(self.checkpoint_path(), what="checkpoint")
+            return payload["progress"]["epoch"] > payload["config"]["num_epochs"] or payload["progress"]["stopped"]
+        except (ModelFileError, KeyError, TypeError):
+            return False
 
     def history_path(self):
         return os.path.splitext(self.config["model_file"])[0] + ".history.json"
@@ -281,143 +379,6 @@ class Engine:
     def save_history(self, history):
         with atomic_write(self.history_path(), "w") as f:
             json.dump(history, f, indent=1)
-
-    # ---- testing and looking ------------------------------------------------------------------
-
-    def load_trained(self):
-        """The trained model from `model_file`, checked against the dataset, in eval mode."""
-        model, saved = load_model(self.config["model_file"])
-        self.dtype = model.dtype                      # the data is cast to what the model was saved in
-        if saved.get("dataset") != self.config["dataset"]:
-            self.log.warning(f"the model was trained on {saved.get('dataset')}, not {self.config['dataset']}")
-        self.check_fits(model)
-        return model
-
-    def probabilities(self, model, x):
-        """Class probabilities of `model` (eval mode) for the examples x, in batches."""
-        net, _ = self.objective(model)
-        ends_in_softmax = net is model and isinstance(model.layers[-1], Softmax)
-        out = forward_in_eval_mode(net, x)
-        return out if ends_in_softmax else Softmax(self.dtype).forward(out)
-
-    def test(self):
-        """Evaluates the saved model on the test set: the seed's three lines, then per-class
-        accuracy and the confusion matrix."""
-        model = self.load_trained()
-        data = self.load_data()
-        y = data["y_test"]
-        predicted = self.probabilities(model, data["x_test"]).argmax(axis=1)
-        errors, n = int((predicted != y).sum()), len(y)
-        self.log.result(f"Number of errors: {errors}/{n}")
-        self.log.result(f"Error Rate: {100 * errors / n:.2f}%")
-        self.log.result(f"Test accuracy: {100 * (n - errors) / n:.2f}%")
-        matrix = confusion_matrix(y, predicted, self.info.num_classes)
-        self.log.result(confusion_text(matrix, self.info.class_names))
-        return (n - errors) / n
-
-    def summary(self):
-        """Prints the network as a table, from the config alone (no data, no model file)."""
-        model = build_model(self.config["network"], self.dtype, self.rng, self.config["network_names"])
-        self.check_fits(model)
-        self.log.result(model.summary(self.info.input_shape))
-
-    def plot(self):
-        """Writes PNG pictures of the data and, with a trained model, of what it learned."""
-        import plots
-        c, info = self.config, self.info
-        show, folder, split, count = c["show"], c["plot_dir"], c["plot"]["split"], c["plot"]["count"]
-        self.check_writable(os.path.join(folder, "samples.png"), "plot_dir")
-        model = self.load_trained() if c["plot"]["model"] else None
-        data = self.load_data()
-        x, y = data[f"x_{split}"][:count], data[f"y_{split}"][:count]
-        paths = [plots.samples(x, y, info.class_names, info.image_shape, os.path.join(folder, "samples.png"),
-                               show, title=f"{c['dataset']} {split} samples")]
-        if model is not None:
-            probs = self.probabilities(model, data["x_test"])
-            matrix = confusion_matrix(data["y_test"], probs.argmax(axis=1), info.num_classes)
-            paths.append(plots.confusion(matrix, info.class_names, os.path.join(folder, "confusion.png"), show))
-            paths.append(plots.mistakes(data["x_test"], data["y_test"], probs, info.class_names, info.image_shape,
-                                        os.path.join(folder, "mistakes.png"), show=show))
-            weight = first_layer_weight(model, info.image_shape)
-            if weight is None:
-                self.log.info("first_layer.png skipped: the first layer with weights does not read the pixels")
-            else:
-                paths.append(plots.first_layer(weight, info.image_shape, os.path.join(folder, "first_layer.png"),
-                                               show=show))
-            history = self.read_history()
-            if history:
-                paths.append(plots.training_curves(history, os.path.join(folder, "curves.png"), show))
-        for path in paths:
-            self.log.result(f"wrote {path}")
-        if show:
-            plots.pyplot(show).show()
-        return paths
-
-    def predict(self):
-        """Classifies the user's images: one line per file, `FILE: CLASS probability (top-3 ...)`."""
-        c, names = self.config, self.info.class_names
-        if not c["input"]:
-            raise ConfigError("input: no images to predict (give them with --input FILE [FILE ...])")
-        if int(np.prod(self.info.input_shape)) != 28 * 28:
-            raise ConfigError(f"dataset: predict prepares 28x28 images, but {c['dataset']} has examples "
-                              f"of shape {self.info.input_shape}")
-        model = self.load_trained()
-        images = np.stack([prepare_image(path) for path in c["input"]])          # (N, 28, 28)
-        probs = self.probabilities(model, images.reshape(len(images), *self.info.input_shape).astype(self.dtype))
-        for path, image, p in zip(c["input"], images, probs):
-            top = np.argsort(-p)[:3]
-            others = ", ".join(f"{names[k]} {p[k]:.4f}" for k in top)
-            self.log.result(f"{path}: {names[top[0]]} {p[top[0]]:.4f} (top-3: {others})")
-            if c["save_prepared"]:
-                import plots
-                stem = os.path.splitext(os.path.basename(path))[0]
-                target = os.path.join(c["plot_dir"], f"{stem}.prepared.png")
-                self.check_writable(target, "plot_dir")
-                with atomic_write(target) as f:
-                    plots.pyplot(False).imsave(f, image, cmap="gray", vmin=0, vmax=1, format="png")
-                self.log.result(f"wrote {target}")
-        return probs
-
-
-def forward_in_eval_mode(net, x):
-    """net's outputs for every example of x, in eval mode and batches of EVAL_BATCH; the mode
-    net was in is restored."""
-    was_training = net.training
-    net.eval()
-    out = np.concatenate([net.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
-    net.train(was_training)
-    return out
-
-
-def first_layer_weight(model, image_shape):
-    """The first weights that read the pixels: a Linear's (n_in, n_out) or a Conv2D's
-    (F, C, k, k) right after the input (only reshaping layers before it), else None."""
-    for layer in model.layers:
-        if "weight" in layer.params:
-            weight = layer.params["weight"]
-            reads_pixels = weight.ndim == 4 or weight.shape[0] == int(np.prod(image_shape))
-            return weight if reads_pixels else None
-        if not isinstance(layer, (Reshape, Flatten)):
-            return None
-    return None
-
-
-def confusion_matrix(y, predicted, num_classes):
-    """matrix[i, j] = how many examples of class i were predicted as class j."""
-    return np.bincount(y * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def confusion_text(matrix, class_names):
-    """Per-class accuracy, then the confusion matrix (rows true, columns predicted), as text."""
-    width = max(6, *map(len, class_names))
-    lines = ["", "Per-class accuracy:"]
-    for name, row, hits in zip(class_names, matrix, np.diag(matrix)):
-        lines.append(f"  {name:>{width}}: {100 * hits / max(row.sum(), 1):6.2f}%  ({hits}/{row.sum()})")
-    lines += ["", "Confusion matrix (rows: true class, columns: predicted class):",
-              " " * (width + 2) + "".join(f"{name[:width]:>{width + 1}}" for name in class_names)]
-    for name, row in zip(class_names, matrix):
-        lines.append(f"  {name:>{width}}" + "".join(f"{v:>{width + 1}}" for v in row))
-    return "\n".join(lines)
 
 
 def epoch_line(record, num_epochs):

@@ -2,11 +2,12 @@
 
 Levels (higher always means more):
   0  warnings only (and the results a task exists to print);
-  1  plus one line per epoch and what happens (downloads, saves);
-  2  plus progress within an epoch;
+  1  plus one line per epoch and what happens (downloads, saves), and on a terminal a progress
+     bar while an epoch runs, which the epoch line replaces (as Keras's default);
+  2  plus progress within an epoch as plain lines where the output is not a terminal (a pipe, a file);
   3  plus debug details.
-Results and messages go to stdout, warnings to stderr. The log file, when given, receives
-every line that is shown, without the in-place progress redraws.
+Results and messages go to stdout, warnings and errors to stderr. The log file, when given,
+receives every line that is shown, without the in-place progress bar.
 """
 import sys
 import time
@@ -26,9 +27,7 @@ class Logger:
         self._drawn = False
 
     def _emit(self, message, stream):
-        if self._drawn:                       # finish an in-place progress line first
-            self.stream.write("\n")
-            self._drawn = False
+        self.end_progress()                   # the message takes the progress bar's place
         stream.write(message + "\n")
         stream.flush()
         if self.file:
@@ -41,6 +40,10 @@ class Logger:
     def warning(self, message):
         self._emit(f"warning: {message}", sys.stderr)
 
+    def error(self, message):
+        """A failure the task goes on past (one of several inputs, say); the task decides the exit status."""
+        self._emit(f"error: {message}", sys.stderr)
+
     def info(self, message):
         if self.level >= 1:
             self._emit(message, self.stream)
@@ -50,23 +53,43 @@ class Logger:
             self._emit(message, self.stream)
 
     def progress(self, done, total, text=""):
-        """At level 2, a progress line: redrawn in place on a terminal at most 10 times a second,
-        otherwise printed as a plain line about four times per `total`."""
-        if self.level < 2:
-            return
-        line = f"{done}/{total if total is not None else '?'} {text}".rstrip()
-        now = time.monotonic()
-        if self.stream.isatty():
+        """Progress within a longer step: `done` of `total` (None if unknown) batches or bytes.
+
+        On a terminal, from level 1: a bar redrawn in place at most 10 times a second, erased by
+        the next message. Elsewhere, from level 2: a plain line about four times per `total`.
+        `text` may be a function giving the text, called only when it is shown (it may have to
+        copy from a GPU).
+        """
+        if self.stream.isatty() and self.level >= 1:
+            now = time.monotonic()
             if now - self._last_draw >= 0.1 or done == total:
-                self.stream.write("\r" + line + "\033[K")
+                self.stream.write("\r" + progress_bar(done, total, _text(text)) + "\033[K")   # \033[K: clear to the end
                 self.stream.flush()
-                self._drawn, self._last_draw = done != total, now
-                if done == total:
-                    self.stream.write("\n")
-        elif total and (done == total or done % -(-total // 4) == 0):   # -(-a // b) is ceil(a / b)
-            self._emit(line, self.stream)
+                self._drawn, self._last_draw = True, now
+        elif self.level >= 2 and total and (done == total or done % -(-total // 4) == 0):   # -(-a // b): ceil(a / b)
+            self._emit(f"{done}/{total} {_text(text)}".rstrip(), self.stream)
+
+    def end_progress(self):
+        """Erases the progress bar, if one is drawn, so that the next line starts clean."""
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self._drawn = False
 
     def close(self):
         if self.file:
             self.file.close()
             self.file = None
+
+
+def _text(text):
+    return text() if callable(text) else text
+
+
+def progress_bar(done, total, text="", width=30):
+    """'120/550 [======>.......................] text', or '120 text' when the total is unknown."""
+    if not total:
+        return f"{done} {text}".rstrip()
+    filled = min(width, width * done // total)
+    bar = "=" * filled + (">" + "." * (width - filled - 1) if filled < width else "")
+    return f"{done}/{total} [{bar}] {text}".rstrip()

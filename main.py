@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 
+from backend import DEVICES
 from config import TASKS, load_config
 from engine import Engine, Interrupted
 from errors import ConfigError
@@ -28,7 +29,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     parser = _Parser(prog="main.py", description="Train and test neural networks written from scratch "
                                                  "in numpy, from a JSON config.")
-    parser.add_argument("config", help="the JSON config file (see README.md for every key)")
+    parser.add_argument("config", nargs="?", help="the JSON config file (see README.md for every key); it may "
+                                                  "come before or after the options")
     parser.add_argument("--task", choices=TASKS, default=None,
                         help="the task to run (default: the config's \"task\", itself 'train' by default)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -40,23 +42,46 @@ def parse_args(argv):
                         help="predict: also write the 28x28 image fed to the network into plot_dir (default: off)")
     parser.add_argument("--show", action="store_true",
                         help="plot: also open the figures in a window when there is a display (default: off)")
+    parser.add_argument("--device", choices=DEVICES, default=None,
+                        help="where to compute: cpu (numpy) or gpu (CuPy on an NVIDIA GPU) "
+                             "(default: the config's \"device\", itself 'cpu' by default)")
     parser.add_argument("--trials", type=int, default=None, metavar="N",
                         help="tune: trials the study runs in all (default: the config's tune.trials, 20)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="tune: worker processes on this machine (default: the config's tune.workers, 1)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue training from the checkpoint an interrupted run left beside "
-                             "model_file (default: start afresh)")
+                        help="continue training from the checkpoint beside model_file: an interrupted run, "
+                             "or a finished one to a larger num_epochs (default: start afresh)")
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="count", default=0,
                            help="raise log_level by one per -v (default: the config's log_level, 1)")
     verbosity.add_argument("-q", "--quiet", action="count", default=0,
                            help="lower log_level by one per -q (default: the config's log_level, 1)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.config is None:
+        args.config = _config_among_inputs(args)
+    return args
+
+
+def _config_among_inputs(args):
+    """The config when it came after --input's files (`--input a.png config.json`): --input takes
+    every word up to the next option, and images are never .json files, so a lone .json is the config."""
+    configs = [name for name in args.input or [] if name.lower().endswith(".json")]
+    if len(configs) != 1:
+        raise ConfigError("no config file given (usage: main.py CONFIG.json [options], see --help)")
+    args.input.remove(configs[0])
+    return configs[0]
 
 
 def _terminate(signum, frame):
     raise KeyboardInterrupt                       # SIGTERM ends the run like Ctrl-C: cleanly, exit 130
+
+
+def _tell(log, message):
+    """A line on stderr that ends the run, in the place of a progress bar still drawn."""
+    if log:
+        log.end_progress()
+    print(message, file=sys.stderr)
 
 
 def main(argv=None):
@@ -67,7 +92,7 @@ def main(argv=None):
         overrides = args.overrides + [f"{key}={value}" for key, value in (
             ("input", json.dumps(args.input) if args.input else None),
             ("save_prepared", "true" if args.save_prepared else None),
-            ("show", "true" if args.show else None), ("tune.trials", args.trials),
+            ("show", "true" if args.show else None), ("device", args.device), ("tune.trials", args.trials),
             ("tune.workers", args.workers)) if value is not None]
         config = load_config(args.config, overrides, args.task)
         config["log_level"] = min(3, max(0, config["log_level"] + args.verbose - args.quiet))
@@ -83,13 +108,13 @@ def main(argv=None):
         else:
             Engine(config, log).run(args.resume)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _tell(log, f"error: {err}")
         return 2
     except Interrupted as err:
-        print(str(err), file=sys.stderr)
+        _tell(log, str(err))
         return 130
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _tell(log, "interrupted")
         return 130
     except BrokenPipeError:                       # the reader left (`... | head`): stop quietly
         with contextlib.suppress(OSError, ValueError):   # no more writes to the closed pipe at exit

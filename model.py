@@ -11,7 +11,9 @@ import re
 import numpy as np
 
 from errors import ConfigError
-from nn_module import NNModule, get_module
+from nn_module import LOSSES, CrossEntropyLoss, NNModule, Softmax, SoftmaxCrossEntropyLoss, get_module
+
+EVAL_BATCH = 1000      # examples per forward pass when a whole split is evaluated
 
 
 class Model(NNModule):
@@ -26,6 +28,11 @@ class Model(NNModule):
         super().__init__(layers[0].dtype if layers else np.float32)
         self.layers = list(layers)
         self.names = list(names) if names is not None else [f"network[{i}]" for i in range(len(layers))]
+        self.gather()
+        self.packed_params, self.packed_grads = self.params, self.grads     # what an optimizer updates
+
+    def gather(self):
+        """Fills params, grads and state with the layers' arrays under dotted names ("0.weight")."""
         for i, layer in enumerate(self.layers):
             for table, own in ((self.params, layer.params), (self.grads, layer.grads), (self.state, layer.state)):
                 table.update({f"{i}.{k}": v for k, v in own.items()})
@@ -56,6 +63,37 @@ class Model(NNModule):
             layer.train(mode)
         return self
 
+    def map_arrays(self, fn):
+        for layer in self.layers:
+            layer.map_arrays(fn)
+        self.gather()
+        self.packed_params, self.packed_grads = self.params, self.grads
+        return self
+
+    def pack(self):
+        """Moves every parameter into one flat array, and every gradient into another. Each
+        layer keeps a view of its part, reads and writes it as before, and no value changes;
+        but an optimizer can now update the whole network with a few operations on
+        `packed_params` and `packed_grads`, each {"all": flat array}, instead of a few per
+        parameter. On a GPU every operation is a kernel launch, and for a small network those
+        launches are most of a step. (Call it after moving the model: map_arrays copies.)"""
+        first = next(iter(self.params.values()), None)
+        if first is None:
+            return self
+        size = sum(p.size for p in self.params.values())
+        flat_params, flat_grads = np.empty_like(first, shape=size), np.zeros_like(first, shape=size)
+        start = 0
+        for layer in self.layers:
+            for name, p in layer.params.items():
+                part = slice(start, start + p.size)
+                flat_params[part] = p.reshape(-1)
+                layer.params[name] = flat_params[part].reshape(p.shape)
+                layer.grads[name] = flat_grads[part].reshape(p.shape)
+                start += p.size
+        self.gather()
+        self.packed_params, self.packed_grads = {"all": flat_params}, {"all": flat_grads}
+        return self
+
     def __repr__(self):
         lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
         return "Model(\n" + "\n".join(lines) + "\n)"
@@ -82,13 +120,13 @@ class Model(NNModule):
         return shapes
 
     def summary(self, input_shape):
-        """A table of the layers (hyperparameters, output shape, parameters, multiply-adds per
+        """A table of the layers (name, hyperparameters, output shape, parameters, multiply-adds per
         example) with totals, from one zero sample; no data is needed."""
         shapes = self.output_shapes(input_shape)
         macs = [layer.multiply_adds(shape) for layer, shape in zip(self.layers, shapes)]
-        rows = [(str(i), repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}", f"{m:,}")
-                for i, (layer, shape, m) in enumerate(zip(self.layers, shapes, macs))]
-        header = ("#", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
+        rows = [(name, repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}", f"{m:,}")
+                for name, layer, shape, m in zip(self.names, self.layers, shapes, macs)]
+        header = ("Name", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
         widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
         line = lambda r: " | ".join(f"{v:<{w}}" if c < 3 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
@@ -128,3 +166,29 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
     if not layers:
         raise ConfigError("network: expected at least one layer, got none")
     return Model(layers, names)
+
+
+def build_trainable(network, loss, dtype=np.float32, rng=None, names=None):
+    """(model, loss object) to train: `build_model(network)` and the loss class named `loss`.
+
+    A network that ends in Softmax and is trained with CrossEntropyLoss is built without that
+    Softmax, and trained with SoftmaxCrossEntropyLoss on its logits: the same loss and gradient,
+    computed in log space, so it stays finite where a probability underflows to 0. The model is
+    one object, the one that trains and is saved (Softmax has no parameters, so its arrays are
+    those of the whole network); no second network has to share its layers to reach the logits.
+    """
+    names = list(names) if names is not None else [f"network[{i}]" for i in range(len(network))]
+    loss_class = LOSSES[loss]
+    if network and network[-1].get("class") == Softmax.__name__ and loss_class is CrossEntropyLoss:
+        network, names, loss_class = network[:-1], names[:-1], SoftmaxCrossEntropyLoss
+    return build_model(network, dtype, rng, names), loss_class(dtype)
+
+
+def forward_in_eval_mode(model, x):
+    """The model's outputs for every example of x, in eval mode and batches of EVAL_BATCH;
+    the mode the model was in is restored."""
+    was_training = model.training
+    model.eval()
+    out = np.concatenate([model.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    model.train(was_training)
+    return out

@@ -3,6 +3,10 @@
 This file is the maths of the project and nothing else: it imports only numpy, never prints,
 and knows nothing of configs, data, optimizers or files.
 
+The same code runs on a GPU: given CuPy arrays, numpy hands each call to CuPy (see backend.py).
+So arrays are created beside their siblings (`np.zeros_like(x, shape=...)`, `np.arange(n,
+like=x)`), never from a bare shape, which would make a host array on a GPU run.
+
 The contract every layer keeps (see `NNModule`):
   * `y = forward(x)` caches only what `backward` needs;
   * `grad_x = backward(grad_y)` returns dL/dx and overwrites `grads[k]` with dL/d`params[k]`
@@ -19,7 +23,6 @@ import difflib
 import numbers
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 LAYERS = {}   # JSON "class" name -> layer class
 LOSSES = {}   # JSON "loss" name -> loss class
@@ -122,6 +125,14 @@ class NNModule:
 
     def train(self, mode=True):
         self.training = bool(mode)
+        return self
+
+    def map_arrays(self, fn):
+        """Replaces every array of params, grads and state by fn(array): how the engine moves a
+        layer to the GPU (fn = Backend.to_device). A layer never moves its own data."""
+        for table in (self.params, self.grads, self.state):
+            for name, array in table.items():
+                table[name] = fn(array)
         return self
 
     def eval(self):
@@ -273,24 +284,39 @@ class Softmax(NNModule):
 
 # ---- convolution and pooling ---------------------------------------------------------------
 
-def windows(x, size, stride, padding):
-    """Every size x size window of x (N, C, H, W), zero-padded, as a read-only strided view
-    (N, C, OH, OW, size, size) with OH = (H + 2 padding - size) // stride + 1; no copy is made."""
-    if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    return sliding_window_view(x, (size, size), axis=(2, 3))[:, :, ::stride, ::stride]
+def taps(x, size, stride):
+    """The size*size taps of every size x size window of x (N, C, H, W), as strided views: for
+    each (i, j) in row-major order, x[:, :, i + stride*a, j + stride*b] over every output pixel
+    (a, b), of shape (N, C, OH, OW) with OH = (H - size) // stride + 1. A window is read one tap
+    at a time across the whole batch, never one pixel at a time. Writing into a tap writes into x.
+    (numpy's sliding_window_view gives the same windows, but CuPy's waits on the GPU at every call.)"""
+    oh, ow = (x.shape[2] - size) // stride + 1, (x.shape[3] - size) // stride + 1
+    return [x[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] for i in range(size) for j in range(size)]
 
 
-def scatter_windows(grad_win, input_shape, stride, padding):
-    """The adjoint of `windows`: adds each window's gradient (N, C, OH, OW, k, k) back onto the
-    pixels it was read from; returns (N, C, H, W). One slice-add per tap, never per pixel."""
-    n, c, h, w = input_shape
-    oh, ow, k = grad_win.shape[2], grad_win.shape[3], grad_win.shape[4]
-    grad = np.zeros((n, c, h + 2 * padding, w + 2 * padding), grad_win.dtype)
-    for i in range(k):
-        for j in range(k):          # tap (i, j) of window (a, b) read pixel (a*stride + i, b*stride + j)
-            grad[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += grad_win[:, :, :, :, i, j]
-    return grad[:, :, padding:padding + h, padding:padding + w]
+def pad(x, padding):
+    """x (N, C, H, W) with `padding` zeros around each image."""
+    return np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+
+
+def im2col(x, k, stride, padding):
+    """Every k x k window of x (N, C, H, W), zero-padded, as a column: (C*k*k, N*OH*OW), row
+    (c, tap) and column (n, a, b). One copy of the k*k taps, with channels first."""
+    cols = np.stack(taps(pad(x, padding).transpose(1, 0, 2, 3), k, stride), axis=1)   # (C, k*k, N, OH, OW)
+    c, _, n, oh, ow = cols.shape
+    return cols.reshape(c * k * k, n * oh * ow)
+
+
+def col2im(grad_cols, x_shape, k, stride, padding):
+    """The adjoint of `im2col`: adds each column's gradient back onto the pixels its window
+    read, so a pixel read by several windows gets the sum; returns (N, C, H, W). One slice-add
+    per tap, never per pixel."""
+    n, c, h, w = x_shape
+    grad = np.zeros_like(grad_cols, shape=(c, n, h + 2 * padding, w + 2 * padding))   # channels first, like im2col
+    grad_taps = grad_cols.reshape(c, k * k, n, -1)                                    # (C, k*k, N, OH*OW)
+    for t, tap in enumerate(taps(grad, k, stride)):
+        tap += grad_taps[:, t].reshape(tap.shape)          # tap t = (i, j) of window (a, b) read pixel (a*stride + i, b*stride + j)
+    return grad[:, :, padding:padding + h, padding:padding + w].transpose(1, 0, 2, 3)
 
 
 def check_image(x, channels, kernel_size, padding):
@@ -309,7 +335,9 @@ class Conv2D(NNModule):
 
         y[n, f, i, j] = bias[f] + sum_{c, k, l} weight[f, c, k, l] * xp[n, c, i*stride + k, j*stride + l]
 
-    where xp is x zero-padded by `padding` pixels on each side.
+    where xp is x zero-padded by `padding` pixels on each side. `naive_conv` in
+    tests/test_layers.py computes exactly this with four loops; the tests hold this layer to it.
+    Here the loops become one matrix product: im2col lays every window out as a column.
 
     Args:
         in_channels, out_channels: C and F.
@@ -336,27 +364,26 @@ class Conv2D(NNModule):
 
     def forward(self, x):
         check_image(x, self.in_channels, self.kernel_size, self.padding)
-        win = windows(x, self.kernel_size, self.stride, self.padding)        # (N, C, OH, OW, k, k)
-        n, c, oh, ow, k, _ = win.shape
+        n, c, h, w = x.shape
+        f, k, s, p = self.out_channels, self.kernel_size, self.stride, self.padding
+        oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         self.x_shape = x.shape
-        # im2col: one copy of the view, with each output pixel's window as a column.
-        cols = win.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, n * oh * ow)   # (C*k*k, N*OH*OW)
+        cols = im2col(x, k, s, p)                                                # (C*k*k, N*OH*OW)
         self.cols = cols if self.training else None          # eval needs no backward: free it at once
-        y = self.params["weight"].reshape(self.out_channels, -1) @ cols                # (F, N*OH*OW)
+        y = self.params["weight"].reshape(f, c * k * k) @ cols                   # (F, N*OH*OW)
         y += self.params["bias"][:, None]
-        return y.reshape(self.out_channels, n, oh, ow).transpose(1, 0, 2, 3)          # (N, F, OH, OW)
+        return y.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)                      # (N, F, OH, OW)
 
     def backward(self, grad_y):
         n, f, oh, ow = grad_y.shape
         c, k = self.in_channels, self.kernel_size
         grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
-        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, -1))   # dL/dweight = dy @ cols.T
+        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, c * k * k))   # dL/dW = dy @ cols.T
         np.sum(grad_rows, axis=1, out=self.grads["bias"])
         if not self.needs_grad_x:
             return None
-        grad_cols = self.params["weight"].reshape(f, -1).T @ grad_rows               # dL/dcols = weight.T @ dy
-        grad_win = grad_cols.reshape(c, k, k, n, oh, ow).transpose(3, 0, 4, 5, 1, 2)  # (N, C, OH, OW, k, k)
-        return scatter_windows(grad_win, self.x_shape, self.stride, self.padding)
+        grad_cols = self.params["weight"].reshape(f, c * k * k).T @ grad_rows      # dL/dcols = W.T @ dy: (C*k*k, N*OH*OW)
+        return col2im(grad_cols, self.x_shape, k, self.stride, self.padding)
 
     def multiply_adds(self, y_shape):                # every output value is a C*k*k dot product
         return int(np.prod(y_shape)) * self.in_channels * self.kernel_size ** 2
@@ -381,21 +408,13 @@ class MaxPool2D(NNModule):
         self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
         self.x_shape, self.first = None, None
 
-    def taps(self, x):
-        """(i, j, x[:, :, i + stride*a, j + stride*b] for every output (a, b)): one strided slice per tap."""
-        k, s = self.kernel_size, self.stride
-        oh, ow = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
-        for i in range(k):
-            for j in range(k):
-                yield i, j, x[:, :, i:i + s * oh:s, j:j + s * ow:s]
-
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
         y = None
-        for t, (_, _, tap) in enumerate(self.taps(x)):
+        for t, tap in enumerate(taps(x, self.kernel_size, self.stride)):
             if y is None:
                 index_type = np.min_scalar_type(self.kernel_size ** 2 - 1)   # uint8 up to 16x16 windows
-                y, self.first = tap.copy(), np.zeros(tap.shape, index_type)   # first: the tap holding the max
+                y, self.first = tap.copy(), np.zeros_like(tap, dtype=index_type)   # first: the tap holding the max
             else:
                 larger = tap > y                                  # strictly: a tie keeps the earlier tap
                 np.copyto(self.first, t, where=larger)
@@ -406,9 +425,8 @@ class MaxPool2D(NNModule):
     def backward(self, grad_y):
         k, s, (oh, ow) = self.kernel_size, self.stride, grad_y.shape[2:]
         tiled = s == k and self.x_shape[2] == k * oh and self.x_shape[3] == k * ow   # windows cover x once
-        grad_x = (np.empty if tiled else np.zeros)(self.x_shape, self.dtype)
-        for t, (i, j) in enumerate(np.ndindex(k, k)):
-            into = grad_x[:, :, i:i + s * oh:s, j:j + s * ow:s]    # the pixels tap (i, j) read
+        grad_x = (np.empty_like if tiled else np.zeros_like)(grad_y, shape=self.x_shape)
+        for t, into in enumerate(taps(grad_x, k, s)):             # the pixels tap t read
             if tiled:
                 np.multiply(grad_y, self.first == t, out=into)
             else:                                                 # overlapping windows add up
@@ -435,12 +453,14 @@ class AvgPool2D(NNModule):
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
         self.x_shape = x.shape
-        return windows(x, self.kernel_size, self.stride, 0).mean(axis=(4, 5))
+        return sum(taps(x, self.kernel_size, self.stride)) / self.kernel_size ** 2
 
     def backward(self, grad_y):
-        k = self.kernel_size                                      # every tap gets dL/dy / k^2
-        grad_win = np.broadcast_to((grad_y / (k * k))[..., None, None], (*grad_y.shape, k, k))
-        return scatter_windows(grad_win, self.x_shape, self.stride, 0)
+        grad_x = np.zeros_like(grad_y, shape=self.x_shape)
+        share = grad_y / self.kernel_size ** 2                    # every tap gets dL/dy / k^2
+        for into in taps(grad_x, self.kernel_size, self.stride):
+            into += share                                         # overlapping windows add up
+        return grad_x
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
@@ -555,7 +575,8 @@ class BatchNorm(NNModule):
             var = (centred * centred).mean(axis=self.axes)
             if x.size > self.num_features:                       # one value per channel has no variance
                 for key, batch in (("running_mean", mean), ("running_var", var)):
-                    self.state[key][...] = self.momentum * self.state[key] + (1 - self.momentum) * batch
+                    self.state[key] *= self.momentum             # running = momentum running + (1 - momentum) batch
+                    self.state[key] += (1 - self.momentum) * batch
         else:
             mean, var = self.state["running_mean"], self.state["running_var"]
             centred = x - mean.reshape(shape)
@@ -575,12 +596,10 @@ class BatchNorm(NNModule):
             return grad_y * scale
         # mean and var depend on x. With m values per channel, and since sum(dL/dx_hat) =
         # gamma * grads["beta"] and sum(dL/dx_hat * x_hat) = gamma * grads["gamma"]:
-        # dL/dx = gamma * inv_std / m * (m dL/dy - grads["beta"] - x_hat * grads["gamma"])
+        # dL/dx = gamma * inv_std * (dL/dy - grads["beta"] / m - x_hat * grads["gamma"] / m)
         m = grad_y.size // self.num_features
-        grad_x = self.x_hat * self.grads["gamma"].reshape(shape)
-        grad_x += self.grads["beta"].reshape(shape)
-        np.subtract(m * grad_y, grad_x, out=grad_x)
-        grad_x *= scale / m
+        grad_x = grad_y - (self.grads["beta"] / m).reshape(shape) - self.x_hat * (self.grads["gamma"] / m).reshape(shape)
+        grad_x *= scale
         return grad_x
 
     def extra_repr(self):
@@ -620,11 +639,12 @@ class SoftmaxCrossEntropyLoss(Loss):
         shifted = logits - logits.max(axis=1, keepdims=True)     # exp(shifted) <= 1: no overflow
         self.log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         self.labels = labels
-        return float(-self.log_probs[np.arange(len(labels)), labels].mean())
+        rows = np.arange(len(labels), like=logits)
+        return float(-self.log_probs[rows, labels].mean())
 
     def backward(self):                                          # dL/dlogits = (softmax - onehot) / N
         grad = np.exp(self.log_probs)
-        grad[np.arange(len(self.labels)), self.labels] -= 1
+        grad[np.arange(len(self.labels), like=grad), self.labels] -= 1
         return grad / len(self.labels)
 
 
@@ -643,13 +663,15 @@ class CrossEntropyLoss(Loss):
 
     def forward(self, probs, labels):
         self.probs, self.labels = probs, labels
+        rows = np.arange(len(labels), like=probs)
         with np.errstate(divide="ignore"):                       # log(0) = -inf is the honest answer
-            return float(-np.log(probs[np.arange(len(labels)), labels]).mean())
+            return float(-np.log(probs[rows, labels]).mean())
 
     def backward(self):                                          # dL/dp = -1 / (N p) at the label
         n = len(self.labels)
+        rows = np.arange(n, like=self.probs)
         grad = np.zeros_like(self.probs)
-        grad[np.arange(n), self.labels] = -1 / (n * self.probs[np.arange(n), self.labels])
+        grad[rows, self.labels] = -1 / (n * self.probs[rows, self.labels])
         return grad
 
 
@@ -666,7 +688,7 @@ class MSELoss(Loss):
 
     def forward(self, pred, target):
         if target.shape != pred.shape:                           # labels -> one-hot targets
-            target = np.eye(pred.shape[1], dtype=pred.dtype)[target]
+            target = (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
         self.diff = pred - target
         return float((self.diff * self.diff).mean())
 

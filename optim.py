@@ -110,17 +110,15 @@ class Momentum(SGD):
 
 
 class _Adaptive(Optimizer):
-    """Shared by the optimizers that keep per-parameter running averages: checks `eps`,
-    `weight_decay` and the betas, and counts steps (t, from 1) for bias correction."""
+    """Shared by the optimizers that keep per-parameter running averages: checks `eps` and
+    `weight_decay`, and counts steps (t, from 1) for bias correction."""
 
     STATE = ("t", "slots")
 
-    def __init__(self, lr, eps, weight_decay, **betas):
+    def __init__(self, lr, eps, weight_decay):
         super().__init__(lr)
         self.eps = check_number("eps", eps, 0, 1, low_open=True)
         self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
-        for name, value in betas.items():
-            setattr(self, name, check_number(name, value, 0, 1, high_open=True))
         self.t = 0
         self.slots = {}                  # name -> {"m": ..., "v": ...} or {"s": ...}, created once
 
@@ -165,7 +163,8 @@ class RMSProp(_Adaptive):
     """
 
     def __init__(self, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, eps, weight_decay, rho=rho)
+        super().__init__(lr, eps, weight_decay)
+        self.rho = check_number("rho", rho, 0, 1, high_open=True)
 
     def update(self, name, p, g):
         g = g + self.weight_decay * p if self.weight_decay else g
@@ -187,7 +186,9 @@ class Adam(_Adaptive):
     decoupled = False                  # AdamW: weight decay acts on p, not through g
 
     def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, eps, weight_decay, beta1=beta1, beta2=beta2)
+        super().__init__(lr, eps, weight_decay)
+        self.beta1 = check_number("beta1", beta1, 0, 1, high_open=True)
+        self.beta2 = check_number("beta2", beta2, 0, 1, high_open=True)
 
     def update(self, name, p, g):
         g = g + self.weight_decay * p if self.weight_decay and not self.decoupled else g
@@ -222,7 +223,7 @@ class AdamW(Adam):
 def clip_grad_norm(grads, max_norm):
     """Scales every gradient in place so that their joint L2 norm is at most `max_norm`;
     returns the norm before clipping."""
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    norm = math.sqrt(float(sum(np.vdot(g, g) for g in grads.values())))    # one copy to the host
     if norm > max_norm:
         for g in grads.values():
             g *= max_norm / norm

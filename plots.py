@@ -58,6 +58,7 @@ def samples(x, y, class_names, image_shape, path, show=False, title="samples"):
 def training_curves(history, path, show=False):
     """Loss and accuracy per epoch, train and validation, from the saved history."""
     plt = pyplot(show)
+    from matplotlib.ticker import MaxNLocator
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     for key, ax, scale in (("loss", ax_loss, 1), ("accuracy", ax_acc, 100)):
@@ -66,6 +67,7 @@ def training_curves(history, path, show=False):
         if valid:
             ax.plot(*zip(*valid), "s-", label="validation")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))     # epochs are whole: no tick at 1.5
         ax.set_ylabel(key + (" (%)" if scale == 100 else ""))
         ax.grid(alpha=0.3)
         ax.legend()
@@ -107,20 +109,26 @@ def mistakes(x, y, probs, class_names, image_shape, path, count=30, show=False):
 
 
 def first_layer(weight, image_shape, path, count=64, show=False):
-    """The first layer's weights as pictures: one per unit of a Linear layer (its incoming
-    weights as an image), one per filter of a Conv2D layer (its first input channel)."""
+    """The first layer's weights as pictures: of a Linear layer, each unit's incoming weights as an
+    image; of a Conv2D layer, each filter's weights on its first input channel. At most `count`
+    are drawn: the units or filters whose weights have the largest L2 norm, titled by their index."""
     plt = pyplot(show)
     if weight.ndim == 2:                                     # Linear: (n_in, n_out)
-        tiles = [weight[:, j].reshape(image_shape) for j in range(min(count, weight.shape[1]))]
+        kind, units = "units", [weight[:, j].reshape(image_shape) for j in range(weight.shape[1])]
+        norms = np.linalg.norm(weight, axis=0)
     else:                                                    # Conv2D: (F, C, k, k)
-        tiles = [weight[f, 0] for f in range(min(count, weight.shape[0]))]
-    limit = max(abs(t).max() for t in tiles)
-    tiles = [t / limit for t in tiles]                       # one shared scale: red > 0, blue < 0
-    fig = image_grid(plt, tiles, [str(i) for i in range(len(tiles))], columns=8)
+        kind, units = "filters", [weight[f, 0] for f in range(weight.shape[0])]
+        norms = np.linalg.norm(weight.reshape(len(weight), -1), axis=1)
+    chosen = np.argsort(-norms, kind="stable")[:count]
+    limit = max(abs(units[j]).max() for j in chosen)
+    tiles = [units[j] / limit for j in chosen]               # one shared scale: red > 0, blue < 0
+    fig = image_grid(plt, tiles, [str(j) for j in chosen], columns=8)
     for ax in fig.axes:
         for im in ax.get_images():
             im.set_cmap("RdBu_r")
             im.set_clim(-1, 1)
-    fig.suptitle("first layer weights", fontsize=9)
+    which = f"all {len(units)} {kind}" if len(chosen) == len(units) else \
+        f"the {len(chosen)} of {len(units)} {kind} with the largest weights (L2 norm)"
+    fig.suptitle(f"first layer weights: {which}", fontsize=9)
     fig.tight_layout()
     return save(plt, fig, path, show)

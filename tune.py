@@ -120,6 +120,7 @@ def make_plan(config_path, overrides, config):
         trials = int(np.prod([len(entry["choices"]) for entry in space.values()]))    # each combination once
     url = t["storage"] or "sqlite:///" + os.path.abspath(os.path.join(folder, "study.db"))
     return {"config_path": config_path, "raw": raw, "space": space, "folder": folder, "url": url,
+            "storage_given": t["storage"] is not None,
             "shown_url": shown(url), "name": t["study"] or os.path.splitext(os.path.basename(config_path))[0],
             "trials": trials, "workers": t["workers"], "sampler": t["sampler"], "pruner": t["pruner"],
             "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": c["plot_dir"],
@@ -213,6 +214,11 @@ def open_study(plan):
     cannot be reached."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)          # the trial lines below say it all
     url = plan["url"]
+    if not plan["storage_given"]:               # the SQLite file in the study's folder, made here
+        try:
+            os.makedirs(plan["folder"], exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"model_file: cannot create the study's folder {plan['folder']}: {err.strerror}") from None
     if url.startswith("postgresql://"):         # SQLAlchemy 2.1 would look for psycopg 3; we install psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if url.startswith(
@@ -342,7 +348,6 @@ def run_one_trial(plan, study, log, trial_log, stop):
             frozen = find_trial(study, ran["trial"].number)
             optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
             log.info(trial_line(frozen, plan) + ": stopped, runs again when the study continues")
-            with_checkpoint_removed(plan, ran["trial"].number)
         if isinstance(err, DataError):
             raise
         raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}") from None
@@ -380,6 +385,8 @@ def train_trial(plan, study, trial, trial_log, stop):
     except ConfigError as err:                       # diverged, or values the checks refuse together
         trial.set_user_attr("failure", str(err))
         raise TrialFailed(str(err)) from None
+    finally:                                         # a trial is never resumed: a stopped one runs again
+        remove_checkpoint(model_file)
     best = max((r for r in history if r["valid_accuracy"] is not None), key=lambda r: r["valid_accuracy"])
     trial.set_user_attr("best_epoch", best["epoch"])
     return best["valid_accuracy"]
@@ -403,9 +410,10 @@ def find_trial(study, number):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
 
-def with_checkpoint_removed(plan, number):
-    """An interrupted trial leaves the engine's checkpoint; its slot starts afresh instead."""
-    path = os.path.join(plan["folder"], f"trial_{number}.ckpt")
+def remove_checkpoint(model_file):
+    """The engine leaves a checkpoint beside each model, for --resume to continue or extend the run;
+    a trial never is (a stopped one runs again from its start), so its checkpoint goes."""
+    path = os.path.splitext(model_file)[0] + ".ckpt"
     if os.path.exists(path):
         os.unlink(path)
 

@@ -1,4 +1,5 @@
-"""Files the user cares about: atomic writes, and saving and loading models safely.
+"""Files the user cares about: atomic writes, saving and loading models safely, and the lock that
+keeps two training runs from writing one model file.
 
 A model file is a pickle of a plain dict, never of live objects:
     {"format": 1, "config": {...the run's config...}, "params": {name: array}, "state": {name: array}}
@@ -10,12 +11,20 @@ import contextlib
 import io
 import os
 import pickle
+import sys
 import tempfile
+import time
 
 import numpy as np
 
+from backend import to_numpy
 from errors import ConfigError, ModelFileError
 from model import build_model
+
+try:
+    import fcntl            # POSIX; on Windows training runs take no lock
+except ImportError:
+    fcntl = None
 
 FORMAT = 1
 
@@ -47,6 +56,66 @@ def atomic_write(path, mode="wb"):
         raise
 
 
+@contextlib.contextmanager
+def training_lock(model_file):
+    """Holds `<model_file>.lock` while a training run writes `model_file`; a second run that asks
+    meanwhile gets a ConfigError naming the first (its process id, command and start).
+
+    The lock is flock(2)'s, which the kernel drops when its process ends in any way, so a run that
+    crashed or was killed leaves none stuck. The file holds who has it; it is removed at the end,
+    with the folders made for it if nothing else went into them.
+    """
+    if fcntl is None:
+        yield
+        return
+    path = model_file + ".lock"
+    made = _missing_folders(os.path.dirname(os.path.abspath(path)))
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        while True:
+            f = open(path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "it is starting"
+                f.close()
+                raise ConfigError(f"model_file: another training run is writing {model_file} ({holder}); "
+                                  "wait for it to end, or set another model_file") from None
+            if _is_same_file(f, path):
+                break
+            f.close()               # its holder removed the file as we opened it: lock the new one
+    except OSError as err:
+        raise ConfigError(f"model_file: cannot lock {path}: {err.strerror or err}") from None
+    try:
+        f.truncate(0)
+        f.write(f"process {os.getpid()}, `{' '.join(sys.argv)}`, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+        f.flush()
+        yield
+    finally:
+        os.unlink(path)             # before unlocking, so that whoever opens the name next finds a new file
+        f.close()
+        for folder in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_folders(folder):
+    """The folders that do not exist on the way to `folder`, deepest first."""
+    missing = []
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+def _is_same_file(f, path):
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -54,10 +123,11 @@ def _umask():
 
 
 def save_model(path, model, config, extra=None):
-    """Pickles the model's arrays and the config that rebuilds it to `path`, atomically."""
+    """Pickles the model's arrays (as numpy arrays, from any device) and the config that
+    rebuilds it to `path`, atomically."""
     payload = {"format": FORMAT, "config": config,
-               "params": {k: np.array(v) for k, v in model.params.items()},
-               "state": {k: np.array(v) for k, v in model.state.items()}, **(extra or {})}
+               "params": {k: to_numpy(v) for k, v in model.params.items()},
+               "state": {k: to_numpy(v) for k, v in model.state.items()}, **(extra or {})}
     with atomic_write(path) as f:
         pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
 

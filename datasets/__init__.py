@@ -7,7 +7,8 @@ under datasets/ (see README.md, "Your own dataset"). A file that fails to import
 runs that use other datasets: its error is kept in BROKEN and shown when its dataset is asked for.
 
 The engine calls `make_dataset(config)`, then `info()` before any data is read (the network is
-checked against it) and `load_dataset(dataset, log)` to get the arrays, checked here.
+checked against it) and `load_dataset(dataset, log)` to get the arrays, checked here (the test
+task only the test arrays, through `load_test`).
 """
 import importlib
 import pkgutil
@@ -52,6 +53,16 @@ class Dataset:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement load()")
 
+    def load_test(self, log=None):
+        """Only "x_test" and "y_test", for the test task; by default all that `load` returns. A
+        dataset whose test set is in files of its own overrides it to read only those."""
+        return self.load(log)
+
+    def classes_note(self):
+        """Why the data has `num_classes` classes, when a label sets it, for the message of a network
+        whose output does not fit (e.g. "; ... label 12 is at line 57 of train.csv"); '' otherwise."""
+        return ""
+
 
 def register_dataset(cls):
     """Class decorator: makes `cls` available as the config's "dataset": cls.name."""
@@ -83,11 +94,12 @@ def make_dataset(config):
     return DATASETS[config["dataset"]](data_dir=config["data_dir"], **config["dataset_args"])
 
 
-def load_dataset(dataset, log=None):
-    """dataset.load(log), checked against dataset.info(): shapes, types, value and label ranges."""
-    data, info = dataset.load(log), dataset.info()
+def load_dataset(dataset, log=None, test_only=False):
+    """dataset.load(log), or dataset.load_test(log) with `test_only`, checked against
+    dataset.info(): shapes, types, value and label ranges."""
+    data, info = (dataset.load_test(log) if test_only else dataset.load(log)), dataset.info()
     size = int(np.prod(info.input_shape))
-    for split in ("train", "test"):
+    for split in ("test",) if test_only else ("train", "test"):
         x, y = data[f"x_{split}"], data[f"y_{split}"]
         where = f"{dataset.name} {split} set"
         if len(x) == 0:

@@ -35,8 +35,8 @@ def random_affine(x, image_shape, rng, shift=0, rotate=0.0, scale=0.0):
     n = len(x)
     angle = np.deg2rad(rng.uniform(-rotate, rotate, n))
     factor = rng.uniform(1 - scale, 1 + scale, n)
-    dy, dx = rng.integers(-shift, shift + 1, (2, n))
-    return affine(x, image_shape, angle, factor, dy, dx)
+    shifts = rng.integers(-shift, shift + 1, (2, n))                     # rows dy, dx
+    return affine(x, image_shape, angle, factor, shifts[0], shifts[1])
 
 
 def affine(x, image_shape, angle, factor, dy, dx):
@@ -48,9 +48,10 @@ def affine(x, image_shape, angle, factor, dy, dx):
     """
     n, (h, w) = len(x), image_shape
     cy, cx = (h - 1) / 2, (w - 1) / 2
-    rows, cols = np.mgrid[0:h, 0:w]                                      # (H, W) each
-    oy = rows - cy - np.asarray(dy, np.float64)[:, None, None]           # (N, H, W) from the centre
-    ox = cols - cx - np.asarray(dx, np.float64)[:, None, None]
+    rows = np.arange(h, dtype=np.float64, like=x)[:, None]               # (H, 1)
+    cols = np.arange(w, dtype=np.float64, like=x)                        # (W,)
+    oy = rows - cy - np.asarray(dy, np.float64, like=x)[:, None, None]   # (N, H, 1) from the centre
+    ox = cols - cx - np.asarray(dx, np.float64, like=x)[:, None, None]   # (N, 1, W)
     cos = (np.cos(angle) / factor)[:, None, None]                        # M^-1 = rotation(-angle) / factor
     sin = (np.sin(angle) / factor)[:, None, None]
     # Rotating back by -angle, written in (row, column) with rows growing downwards: the
@@ -74,7 +75,7 @@ def bilinear(images, sy, sx):
     y0 = np.minimum(np.floor(sy).astype(np.intp), h)                     # so that y0 + 1 <= h + 1
     x0 = np.minimum(np.floor(sx).astype(np.intp), w)
     fy, fx = sy - y0, sx - x0                                            # weights of the far neighbours
-    i = np.arange(n)[:, None, None]
+    i = np.arange(n, like=images)[:, None, None]
     top = padded[i, y0, x0] * (1 - fx) + padded[i, y0, x0 + 1] * fx
     bottom = padded[i, y0 + 1, x0] * (1 - fx) + padded[i, y0 + 1, x0 + 1] * fx
     return top * (1 - fy) + bottom * fy

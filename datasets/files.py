@@ -37,10 +37,23 @@ class _FileDataset(Dataset):
         super().__init__(data_dir)
         self.sources = {}           # split -> the file it comes from, for messages
         self._data = self._info = None
+        self._highest = None        # (split, index) of the highest label, when it sets the number of classes
 
     def read(self):
         """(x_train, y_train, x_test, y_test, class_names or None) as the files have them."""
         raise NotImplementedError(f"{type(self).__name__} must implement read()")
+
+    def where(self, split, index):
+        """Where example `index` of a split is in its file, for messages."""
+        return f"y_{split}[{index}] of {self.sources[split]}"
+
+    def classes_note(self):
+        if self._highest is None:
+            return ""
+        split, index = self._highest
+        label = self._data[f"y_{split}"][index]
+        return (f"; without class_names the classes are counted as the highest label + 1, and label {label} "
+                f"is at {self.where(split, index)} (give dataset_args.class_names if it is a stray label)")
 
     def load(self, log=None):
         if self._data is None:
@@ -63,7 +76,10 @@ class _FileDataset(Dataset):
         for split, y in (("train", y_train), ("test", y_test)):
             if y.max() >= num_classes:
                 raise DataError(f"{where[split]}: labels must be in [0, {num_classes - 1}] "
-                                f"(one per class name), found {y.max()}")
+                                f"(one per class name), found {y.max()} at {self.where(split, int(y.argmax()))}")
+        if class_names is None:
+            split = "train" if y_train.max() >= y_test.max() else "test"
+            self._highest = (split, int((y_train if split == "train" else y_test).argmax()))
         x_train = x_train.reshape(len(x_train), -1).astype(np.float32)
         x_test = x_test.reshape(len(x_test), -1).astype(np.float32)
         low, high = min(0.0, x_train.min()), max(1.0, x_train.max())   # see the module docstring
@@ -120,6 +136,9 @@ class NpzDataset(_FileDataset):
     def read(self):
         if not os.path.isfile(self.path):
             raise DataError(f"{self.path}: no such file (dataset_args.path of the npz dataset)")
+        if not zipfile.is_zipfile(self.path):       # else numpy tries it as a pickle and talks of allow_pickle
+            raise DataError(f"{self.path}: cannot read it as an .npz file (an .npz file is a zip archive of "
+                            f"arrays, as numpy.savez writes it; this file is not one)")
         try:
             with np.load(self.path, allow_pickle=False) as arrays:
                 missing = [k for k in self.KEYS if k not in arrays.files]
@@ -140,9 +159,10 @@ class NpzDataset(_FileDataset):
 
 @register_dataset
 class CsvDataset(_FileDataset):
-    """CSV files with a header row, then one example per row: the label, then the pixel values
-    (the layout of Kaggle's digit-recognizer train.csv). The test set is `test_path`, or else
-    the last `test_size` rows of `path` (default: a tenth of them)."""
+    """CSV files with one example per row: the label, then the pixel values (the layout of
+    Kaggle's digit-recognizer train.csv). A first row with any field that is not a number is a
+    header and skipped; a first row of numbers is an example. The test set is `test_path`, or
+    else the last `test_size` rows of `path` (default: a tenth of them)."""
     name = "csv"
 
     def __init__(self, path, test_path=None, test_size=None, class_names=None, data_dir="data"):
@@ -158,6 +178,7 @@ class CsvDataset(_FileDataset):
             raise ValueError(f"class_names: expected a list of strings, got {class_names!r}")
         self.test_size, self.class_names = test_size, class_names
         self.sources = {"train": self.path, "test": self.test_path or self.path}
+        self.first_row = {"train": 0, "test": 0}    # the row of the file each split starts at
 
     def read(self):
         x, y = _read_csv(self.path)
@@ -168,25 +189,87 @@ class CsvDataset(_FileDataset):
             if test >= len(x):
                 raise DataError(f"{self.path}: test_size {test} leaves no training rows of the {len(x)}")
             x, x_test, y, y_test = x[:-test], x[-test:], y[:-test], y[-test:]
+            self.first_row["test"] = len(x)
         return x, y, x_test, y_test, self.class_names
+
+    def where(self, split, index):
+        path = self.sources[split]
+        return f"line {_line_numbers(path)[self.first_row[split] + index]} of {path}"
+
+
+# The line number an editor shows (from 1) is what every CSV message gives.
+
+def _fields(line):
+    """The comma-separated fields of a CSV line as np.loadtxt reads it (after a '#' comes a
+    comment), or None for a line with no fields, which loadtxt skips."""
+    line = line.split("#", 1)[0]
+    return line.split(",") if line.strip() else None
+
+
+def _is_number(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_line(path):
+    """The line number of the header: the first line with fields, if one of them is not a number;
+    else 0 (no header: the first row is an example)."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = _fields(line)
+            if fields is not None:
+                return 0 if all(map(_is_number, fields)) else number
+    return 0
+
+
+def _example_lines(path):
+    """(line number, fields) of each example row of `path`, in order."""
+    header = _header_line(path)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = _fields(line)
+            if number > header and fields is not None:
+                yield number, fields
+
+
+def _line_numbers(path):
+    return [number for number, _ in _example_lines(path)]
+
+
+def _first_bad_line(path):
+    """What is wrong with the first row np.loadtxt cannot read ('line N, column C: ...'), or None."""
+    width = first = None
+    for number, fields in _example_lines(path):
+        if width is None:
+            width, first = len(fields), number
+        elif len(fields) != width:
+            return f"line {number}: {len(fields)} values, but line {first} has {width}"
+        for column, field in enumerate(fields, 1):
+            if not _is_number(field):
+                return f"line {number}, column {column}: {field.strip()!r} is not a number"
+    return None
 
 
 def _read_csv(path):
-    """(pixels (N, D) float32, labels (N,) float32) of a CSV file with a header row."""
+    """(pixels (N, D) float32, labels (N,) float32) of a CSV file (see CsvDataset)."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (a CSV file of the csv dataset)")
     try:
+        header = _header_line(path)
         with warnings.catch_warnings():     # an empty file warns, then is reported below
             warnings.simplefilter("ignore", UserWarning)
-            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float32)
+            table = np.loadtxt(path, delimiter=",", skiprows=header, ndmin=2, dtype=np.float32)
     except ValueError as err:           # ragged rows and text that is not a number
-        reason = str(err).splitlines()[0].split("; use `usecols`")[0]      # numpy's advice does not apply
-        raise DataError(f"{path}: {reason} (expected a header row, then rows of "
-                        f"numbers: the label, then the pixels)") from None
+        reason = _first_bad_line(path) or str(err).splitlines()[0]
+        raise DataError(f"{path}: {reason} (expected rows of numbers, the label then the pixels, "
+                        f"after an optional header row)") from None
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: cannot read it ({getattr(err, 'strerror', None) or err})") from None
     if len(table) == 0:
-        raise DataError(f"{path}: no examples (expected a header row, then one row per example)")
+        raise DataError(f"{path}: no examples (expected one row per example, after an optional header row)")
     if table.shape[1] < 2:
         raise DataError(f"{path}: expected a label and at least one pixel per row, got {table.shape[1]} columns")
     return table[:, 1:], table[:, 0]

@@ -23,6 +23,7 @@ Conventions a reader might misread:
 - MNIST and Fashion-MNIST files have the same names, so Fashion-MNIST is cached in
   `<data_dir>/fashion-mnist/`.
 """
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -102,13 +103,16 @@ def _base_url(mirror):
     return mirror if mirror.endswith("/") else mirror + "/"
 
 
-def load_mnist(data_dir, mirrors=None, log=None):
+def load_mnist(data_dir, mirrors=None, log=None, splits=("train", "test")):
     """Return MNIST as arrays, downloading any file missing from `data_dir` first.
 
     Args:
-        data_dir: folder holding the cached `<name>.gz` files; created (with parents) if missing.
+        data_dir: folder holding the cached `<name>.gz` files; created (with parents) when a file
+            is downloaded into it.
         mirrors: base URLs (or folders) tried in order for each missing file; None: mirror_list().
         log: None, or an object with info/warning/debug(msg) and optionally progress(...).
+        splits: the splits to read, ("test",) for the test files only (then only "x_test" and
+            "y_test" are returned).
 
     Returns:
         dict with "x_train" (60000, 784) float32 in [0, 1], "y_train" (60000,) int64,
@@ -118,10 +122,10 @@ def load_mnist(data_dir, mirrors=None, log=None):
     hint = (f"download the four MNIST .gz files by hand into {Path(data_dir).expanduser()} "
             f"or set NNFS_MIRROR to a folder or URL that has them")
     return load_idx_dataset(data_dir, SHA256, mirror_list() if mirrors is None else mirrors,
-                            CLASS_NAMES, log, hint)
+                            CLASS_NAMES, log, hint, splits=splits)
 
 
-def load_fashion_mnist(data_dir, mirrors=None, log=None, system_dir=FASHION_SYSTEM_DIR):
+def load_fashion_mnist(data_dir, mirrors=None, log=None, system_dir=FASHION_SYSTEM_DIR, splits=("train", "test")):
     """Return Fashion-MNIST as arrays, like load_mnist; each file comes from `system_dir` if it
     is there and verifies, else from the cache in `data_dir`, else from a mirror into `data_dir`.
     mirrors None: $NNFS_FASHION_MIRROR when set, then FASHION_MIRRORS.
@@ -130,26 +134,28 @@ def load_fashion_mnist(data_dir, mirrors=None, log=None, system_dir=FASHION_SYST
             f"files into {Path(data_dir).expanduser()}, or set NNFS_FASHION_MIRROR to a folder or URL "
             f"that has them")
     mirrors = mirror_list("NNFS_FASHION_MIRROR", FASHION_MIRRORS) if mirrors is None else mirrors
-    return load_idx_dataset(data_dir, FASHION_SHA256, mirrors, FASHION_CLASS_NAMES, log, hint, system_dir)
+    return load_idx_dataset(data_dir, FASHION_SHA256, mirrors, FASHION_CLASS_NAMES, log, hint, system_dir, splits)
 
 
-def load_idx_dataset(data_dir, sha256, mirrors, class_names, log=None, hint="", system_dir=None):
-    """The four FILES, verified against `sha256` (name -> digest), parsed into arrays.
+def load_idx_dataset(data_dir, sha256, mirrors, class_names, log=None, hint="", system_dir=None,
+                     splits=("train", "test")):
+    """The FILES of `splits`, verified against `sha256` (name -> digest), parsed into arrays.
 
     Each file is taken from `system_dir` (read-only) when given and its copy verifies, else
     from data_dir or `mirrors` as load_mnist describes; `hint` ends the error when all fail.
     Returns the dict load_mnist describes, with `class_names` (one per label value).
     """
     log = _SilentLog() if log is None else log
-    data_dir = _prepare_dir(data_dir)
+    data_dir = _check_dir(data_dir)
     mirrors = [_base_url(m) for m in mirrors]
     paths = {key: _system_file(name, sha256[name], system_dir, log) or
-             _fetch(name, sha256[name], data_dir, mirrors, log, hint) for key, name in FILES.items()}
-    k = len(class_names)
-    x_train, y_train = _images_and_labels(paths["train_images"], paths["train_labels"], k)
-    x_test, y_test = _images_and_labels(paths["test_images"], paths["test_labels"], k)
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test,
-            "class_names": list(class_names)}
+             _fetch(name, sha256[name], data_dir, mirrors, log, hint)
+             for key, name in FILES.items() if key.split("_")[0] in splits}      # "train_images" -> train
+    data = {"class_names": list(class_names)}
+    for split in splits:
+        data[f"x_{split}"], data[f"y_{split}"] = _images_and_labels(paths[f"{split}_images"],
+                                                                    paths[f"{split}_labels"], len(class_names))
+    return data
 
 
 def _system_file(name, digest, system_dir, log):
@@ -169,18 +175,28 @@ def _system_file(name, digest, system_dir, log):
     return path
 
 
-def _prepare_dir(data_dir):
-    """data_dir as a Path to an existing folder (created if missing)."""
+def _check_dir(data_dir):
+    """data_dir as a Path, unless it is a file. A missing folder is created only when a file is
+    downloaded into it, so a load from the system folder, or one that fails, leaves none behind."""
     path = Path(data_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise DataError(f"{path}: data_dir exists but is not a folder; "
                         f"point data_dir at a folder or move the file away")
+    return path
+
+
+def _create_dir(path):
+    """Creates the folder `path` with its missing parents; returns those it created, deepest first."""
+    created, folder = [], path
+    while not folder.exists():
+        created.append(folder)
+        folder = folder.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{path}: cannot create the data folder ({_reason(exc)}); "
                         f"create it by hand or choose another data_dir") from exc
-    return path
+    return created
 
 
 def _fetch(name, digest, data_dir, mirrors, log, hint):
@@ -188,6 +204,7 @@ def _fetch(name, digest, data_dir, mirrors, log, hint):
     path = data_dir / f"{name}.gz"
     if path.exists() and _cached_file_ok(path, digest, log):
         return path
+    created = _create_dir(data_dir)
     tmp, failures = _open_temp(path), []
     try:
         for base in mirrors:
@@ -206,6 +223,9 @@ def _fetch(name, digest, data_dir, mirrors, log, hint):
         tmp.close()
         if os.path.exists(tmp.name):  # every mirror failed: leave no partial download behind
             os.unlink(tmp.name)
+    for folder in created:            # nor the folders made for it
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     raise DataError(f"could not get {path.name} from any mirror ({'; '.join(failures) or 'none given'}); {hint}")
 
 
@@ -382,6 +402,9 @@ class MNIST(Dataset):
     def load(self, log=None):
         return load_mnist(self.data_dir, log=log)
 
+    def load_test(self, log=None):
+        return load_mnist(self.data_dir, log=log, splits=("test",))
+
 
 @register_dataset
 class FashionMNIST(Dataset):
@@ -392,4 +415,12 @@ class FashionMNIST(Dataset):
         return Info((784,), 10, (28, 28), FASHION_CLASS_NAMES)
 
     def load(self, log=None):
-        return load_fashion_mnist(Path(self.data_dir) / "fashion-mnist", log=log)
+        return self._load(log, ("train", "test"))
+
+    def load_test(self, log=None):
+        return self._load(log, ("test",))
+
+    def _load(self, log, splits):
+        # FASHION_SYSTEM_DIR is read here, not bound as a default, so tests can point it at a fake package
+        return load_fashion_mnist(Path(self.data_dir) / "fashion-mnist", log=log, system_dir=FASHION_SYSTEM_DIR,
+                                  splits=splits)

@@ -2,12 +2,13 @@
 
 MNIST's digits are light on a dark background, cropped to their bounding box, scaled to fit
 a 20x20 box keeping their aspect ratio, and placed in a 28x28 image so that their centre of
-mass is at the centre. `prepare_image(path)` does the same to a PNG or JPEG (read by
-matplotlib) or a `.npy` array, and returns the 28x28 float32 image in [0, 1].
+mass is at the centre. `prepare_image(path)` does the same to a PNG or JPEG (read by Pillow,
+shrunk while it is read) or a `.npy` array, and returns the 28x28 float32 image in [0, 1].
 
 This file does not predict anything; the engine feeds the result to a model.
 """
 import os
+import warnings
 
 import numpy as np
 
@@ -15,21 +16,46 @@ from errors import DataError
 
 SIZE, BOX = 28, 20          # output side, and the side of the box the digit is scaled into
 INK = 0.2                   # a pixel brighter than this fraction of the brightest one is part of the digit
+MAX_SIDE = 1024             # pictures are shrunk to fit this while read: a phone photo as floats takes gigabytes
+NPY_MAGIC = b"\x93NUMPY"    # the first bytes of every file numpy.save writes
 
 
 def read_image(path):
     """The image in `path` as a 2-D float array in [0, 1] (grayscale; transparency over white)."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected an image file (give the images in it: "
+                        f"--input {os.path.join(path, '*.png')})")
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file (give PNG, JPEG or .npy images with --input)")
     try:
         if path.lower().endswith(".npy"):
+            with open(path, "rb") as f:
+                if f.read(len(NPY_MAGIC)) != NPY_MAGIC:     # else numpy talks of allow_pickle
+                    raise DataError(f"{path}: not a .npy file (numpy.save writes them; this file is not one)")
             image = np.load(path, allow_pickle=False)
         else:
-            import matplotlib.image
-            image = matplotlib.image.imread(path)
+            image = read_picture(path)
+    except DataError:
+        raise
     except Exception as err:            # each reader raises its own kinds: all mean "not an image"
         raise DataError(f"{path}: cannot read it as an image ({type(err).__name__}: {err})") from None
     return to_gray(np.asarray(image), path)
+
+
+def read_picture(path):
+    """A PNG, JPEG or other picture Pillow reads, at most MAX_SIDE pixels a side, as a 2-D array:
+    8-bit pictures in [0, 1], grayscale over white where transparent; 16-bit or float ones as stored."""
+    from PIL import Image
+    with warnings.catch_warnings(), Image.open(path) as picture:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)    # a big photo is what we expect
+        picture.draft("L", (MAX_SIDE, MAX_SIDE))     # JPEG: decode at 1/2, 1/4 or 1/8 size straight away
+        picture.thumbnail((MAX_SIDE, MAX_SIDE))      # in place, keeping the aspect ratio
+        if picture.mode in ("I", "I;16", "F"):       # to_gray stretches their range to [0, 1]
+            return np.asarray(picture, dtype=np.float64)
+        rgba = picture.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, "white")
+        gray = Image.alpha_composite(white, rgba).convert("L")     # luminance 0.299 R + 0.587 G + 0.114 B
+        return np.asarray(gray, dtype=np.float64) / 255
 
 
 def to_gray(image, path):

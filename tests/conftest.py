@@ -32,3 +32,25 @@ def mnist_data_dir(tmp_path_factory):
 def mnist(mnist_data_dir):
     from datasets.mnist import load_mnist
     return load_mnist(str(mnist_data_dir), mirrors=[])
+
+
+def gpu_or_skip():
+    """CuPy's backend, or a skip that says what is missing."""
+    import backend
+    from errors import ConfigError
+    try:
+        return backend.gpu()
+    except ConfigError as err:
+        pytest.skip(f"no GPU here: {err}")
+
+
+@pytest.fixture(params=["cpu", "stand-in", "gpu"])
+def device(request):
+    """Each backend the layer, gradient and optimizer tests run on: numpy; the strict stand-in
+    for a GPU (tests/strict_device.py), which fails on any host/device mix; and CuPy's, where
+    a GPU is present (skipped otherwise)."""
+    import backend
+    from strict_device import StrictBackend
+    if request.param == "gpu":
+        return gpu_or_skip()
+    return StrictBackend() if request.param == "stand-in" else backend.Backend()

@@ -1,6 +1,10 @@
 """main.py end to end: bad input gives one `error:` line and exit 2; a small real run trains and tests."""
+import io
 import json
+import math
 import pickle
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -166,3 +170,76 @@ def test_small_conv_net_trains_on_real_mnist(tmp_path, capsys, mnist_data_dir):
     assert main([config, "--task", "test"]) == 0
     errors = int(capsys.readouterr().out.splitlines()[0].split()[-1].split("/")[0])
     assert errors < 1200                               # above 88% after 2 epochs on 4,000 images
+
+
+@pytest.mark.parametrize("keys,message", [
+    ({"learning_rate": 0.1}, "error: learning_rate: unknown key; did you mean 'lr'?"),
+    ({"epochs": 3}, "error: epochs: unknown key; did you mean 'num_epochs'?"),
+    ({"batch": 32}, "error: batch: unknown key; did you mean 'batch_size'?"),
+    ({"momentum": 0.9}, "error: momentum: unknown key; did you mean 'optimizer.momentum'?"),
+    ({"LR": 0.1}, "error: LR: unknown key; did you mean 'lr'?"),
+    ({"network": [{"class": "Relu"}]}, "error: network[0].class: unknown 'Relu'; did you mean 'ReLU'?"),
+    ({"network": [{"class": "linear", "n_in": 784, "n_out": 10}]},
+     "error: network[0].class: unknown 'linear'; did you mean 'Linear'?"),
+    ({"network": [{"class": "Linear", "n_in": 784, "units": 10}]},
+     "error: network[0].units: unknown argument of Linear; did you mean 'n_out'?"),
+    ({"optimizer": {"name": "Adam"}}, "error: optimizer.name: unknown 'Adam'; did you mean 'adam'?"),
+    ({"optimizer": {"name": "adam", "learning_rate": 0.1}},
+     "error: optimizer.learning_rate: set the learning rate with the top-level key 'lr'"),
+])
+def test_hints_know_other_tools_names_and_letter_case(tmp_path, capsys, keys, message):
+    assert run_error(capsys, [write_config(tmp_path, **keys)]).startswith(message)
+
+
+def test_set_on_named_layers_names_the_layers(tmp_path, capsys):
+    config = write_config(tmp_path, network={"fc1": SMALL_NET[0], "act": SMALL_NET[1], "fc2": SMALL_NET[2]})
+    assert run_error(capsys, [config, "--set", "network.0.n_out=512"]) == \
+        "error: --set network.0.n_out=512: the network has no layer '0' (its layers: fc1, act, fc2)"
+    assert main([config, "--task", "summary", "--set", "network.fc1.n_out=48", "--set", "network.fc2.n_in=48"]) == 0
+    assert "n_out=48" in capsys.readouterr().out
+
+
+def test_options_may_come_before_the_config_even_after_input(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["--task", "summary", "-q", config]) == 0
+    assert "Total params: 25,450" in capsys.readouterr().out
+    assert main(["--task", "summary", "--input", "a.png", "b.png", config]) == 0
+    assert "Total params: 25,450" in capsys.readouterr().out
+    assert run_error(capsys, ["--task", "summary", "--input", "a.png"]) == \
+        "error: no config file given (usage: main.py CONFIG.json [options], see --help)"
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_progress_bar_on_a_terminal_plain_lines_elsewhere(tmp_path, monkeypatch, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=2000, valid_size=500, num_epochs=1)
+    outputs = {}
+    for name, stream, options in (("terminal", Terminal(), []), ("pipe", io.StringIO(), []),
+                                  ("pipe -v", io.StringIO(), ["-v"])):
+        monkeypatch.setattr(sys, "stdout", stream)
+        assert main([config, *options]) == 0
+        outputs[name] = stream.getvalue()
+    monkeypatch.undo()
+    bar = re.search(r"\r20/20 \[={30}\] loss \d\.\d{4} acc (\d+\.\d\d)% \d+ ex/s eta 0s\x1b\[K", outputs["terminal"])
+    assert bar, outputs["terminal"]
+    epoch = re.search(r"\r\x1b\[Kepoch 1/1  train loss \d\.\d{4} acc (\d+\.\d\d)%  valid", outputs["terminal"])
+    assert epoch and epoch[1] == bar[1]                          # the bar's accuracy, as the epoch line prints it
+    assert "\r" not in outputs["pipe"] and "20/20" not in outputs["pipe"]
+    lines = [line for line in outputs["pipe -v"].splitlines() if re.match(r"\d+/20 ", line)]
+    assert [line.split()[0] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
+    assert re.fullmatch(r"20/20 loss \d\.\d{4} acc " + re.escape(bar[1]) + r"% \d+ ex/s eta 0s", lines[-1])
+    assert "\r" not in outputs["pipe -v"]
+
+
+def test_a_loss_that_explodes_is_reported_while_finite(tmp_path, capsys, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=2000, valid_size=500, num_epochs=1,
+                          lr=20, log_level=0)
+    assert main([config]) == 0
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1, warnings                          # once a run, not once a batch
+    found = re.fullmatch(r"warning: the loss is exploding: (\S+) at epoch 1, batch (\d+), (\d+) times the first "
+                         r"batch's (\S+) \(try a lower lr than 20\)", warnings[0])
+    assert found and float(found[1]) > 10 * float(found[4]) and math.isfinite(float(found[1]))

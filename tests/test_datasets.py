@@ -115,7 +115,8 @@ GOOD = arrays()
 
 @pytest.mark.parametrize("make,message", [
     (bad_npz(y_test=None), "bad.npz: missing the arrays y_test (expected x_train, y_train, x_test, y_test"),
-    (raw_file("text.npz", b"not a zip file"), "text.npz: cannot read it as an .npz file"),
+    (raw_file("text.npz", b"not a zip file"), "text.npz: cannot read it as an .npz file (an .npz file is a zip "
+                                              "archive of arrays, as numpy.savez writes it; this file is not one)"),
     (lambda folder: ("npz", {"path": str(folder / "gone.npz")}), "gone.npz: no such file"),
     (bad_npz(y_train=GOOD["y_train"][:-1]), "(train set): expected one label per image, shape (40,), got (39,)"),
     (bad_npz(y_test=GOOD["y_test"] + 1), "(test set): labels must be in [0, 2] (one per class name), found 3"),
@@ -126,8 +127,10 @@ GOOD = arrays()
                                                 "shape (40, 1, 8, 8)"),
     (bad_npz(x_test=GOOD["x_test"][:, :7]), "(test set): expected images of shape (8, 8) like the training set"),
     (bad_npz(x_train=np.full((40, 64), np.nan)), "(train set): the images contain NaN or infinite values"),
-    (bad_csv("label,a,b\n1,2,3\n1,2\n"), "bad.csv: the number of columns changed from 3 to 2"),
-    (bad_csv("label,a,b\n1,2,x\n"), "bad.csv: could not convert string 'x' to float"),
+    (bad_csv("label,a,b\n1,2,3\n1,2\n"), "bad.csv: line 3: 2 values, but line 2 has 3"),
+    (bad_csv("label,a,b\n1,2,x\n"), "bad.csv: line 2, column 3: 'x' is not a number"),
+    (bad_csv("label,a,b\n\n1,2,3\n# a comment\n2,y,3\n"), "bad.csv: line 5, column 2: 'y' is not a number"),
+    (bad_csv("1,2,3\n1,2,3,4\n"), "bad.csv: line 2: 4 values, but line 1 has 3"),
     (bad_csv("label,a,b\n"), "bad.csv: no examples"),
     (bad_csv("label\n1\n2\n"), "bad.csv: expected a label and at least one pixel per row, got 1 columns"),
     (bad_csv("label,a\n1,2\n2,3\n", test_size=2), "bad.csv: test_size 2 leaves no training rows of the 2"),
@@ -182,7 +185,7 @@ def test_fashion_mnist_is_read_from_the_system_package_and_nothing_is_written(tm
         assert np.bincount(y).tolist() == [n // 10] * 10
     assert data["class_names"] == FASHION_CLASS_NAMES == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                                                           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-    assert os.listdir(tmp_path / "data") == []
+    assert not (tmp_path / "data").exists()
     assert sorted(os.listdir(FASHION_SYSTEM_DIR)) == system_before
 
 
@@ -193,7 +196,7 @@ def test_fashion_class_names_in_the_test_report(tmp_path, capsys):
     assert main([config]) == 0 and main([config, "--task", "test"]) == 0
     out = capsys.readouterr().out
     assert "/10000" in out and "T-shirt/top: " in out and "Ankle boot: " in out
-    assert os.listdir(tmp_path / "data" / "fashion-mnist") == []       # the package's files were used
+    assert not (tmp_path / "data").exists()                           # the package's files were used
 
 
 def test_fashion_mnist_falls_back_to_data_dir_for_a_bad_system_file(tmp_path, monkeypatch):
@@ -259,3 +262,50 @@ def test_a_broken_dataset_file_is_named_only_when_it_matters(user_folder, tmp_pa
     message = run_error(capsys, [write_config(tmp_path, dataset="mine")])
     assert message.startswith("error: dataset: unknown 'mine'")
     assert "datasets/mine.py line 1: SyntaxError" in message
+
+
+# --- CSV files: header or not, and positions as an editor shows them --------------------------------
+
+def test_csv_without_a_header_keeps_its_first_example(tmp_path, capsys):
+    raw = arrays()
+    with_header = write_csv(tmp_path / "with.csv", raw["x_train"], raw["y_train"])
+    without = tmp_path / "without.csv"
+    without.write_text("\n".join((tmp_path / "with.csv").read_text().splitlines()[1:]) + "\n")
+    assert without.read_text().startswith("0,")
+    for path in (with_header, str(without)):
+        _, data = loaded(dataset="csv", dataset_args={"path": path, "test_size": 10})
+        assert len(data["x_train"]) == 30 and len(data["x_test"]) == 10
+        np.testing.assert_allclose(data["x_train"][0] * 255, raw["x_train"][0].reshape(64), atol=1e-4)
+    config = write_config(tmp_path, dataset="csv", dataset_args={"path": str(without), "test_size": 10},
+                          network=TINY_NET, valid_size=5, num_epochs=1, log_level=0)
+    assert main([config]) == 0 and main([config, "--task", "test"]) == 0
+    assert "Number of errors: " in capsys.readouterr().out.split("/10\n")[0]
+
+
+@pytest.mark.parametrize("class_names,message", [
+    (None, "network: the last layer gives (3,) per example, but csv has 13 classes: expected (13,); without "
+           "class_names the classes are counted as the highest label + 1, and label 12 is at line 8 of "),
+    (NAMES, "(train set): labels must be in [0, 2] (one per class name), found 12 at line 8 of "),
+])
+def test_a_stray_csv_label_is_pointed_at(tmp_path, capsys, class_names, message):
+    raw = arrays()
+    raw["y_train"][5] = 12                                  # the sixth example, line 8 after the header and a blank
+    path = write_csv(tmp_path / "stray.csv", raw["x_train"], raw["y_train"], header="label,pixels\n")
+    args = {"path": path, "test_size": 10, **({"class_names": class_names} if class_names else {})}
+    config = write_config(tmp_path, dataset="csv", dataset_args=args, network=TINY_NET, valid_size=5)
+    for task in ("train", "summary"):
+        error = run_error(capsys, [config, "--task", task])
+        assert message in error and error.endswith(("stray.csv (give dataset_args.class_names if it is a stray "
+                                                    "label)", "stray.csv"))
+
+
+def test_fashion_mnist_from_a_package_leaves_no_empty_cache_folder(tmp_path, capsys, monkeypatch):
+    """A fake package folder with every file: training and testing write nothing under data_dir."""
+    monkeypatch.setattr(mnist, "FASHION_SHA256", write_fake_mirror(tmp_path / "system"))
+    monkeypatch.setattr(mnist, "FASHION_SYSTEM_DIR", str(tmp_path / "system"))
+    monkeypatch.setenv("NNFS_FASHION_MIRROR", str(tmp_path / "no_mirror_here"))
+    config = write_config(tmp_path, dataset="fashion_mnist", valid_size=1, num_epochs=1, log_level=0,
+                          network=[{"class": "Linear", "n_in": 784, "n_out": 10}])
+    assert main([config]) == 0 and main([config, "--task", "test"]) == 0
+    assert "Number of errors: " in capsys.readouterr().out
+    assert not (tmp_path / "data").exists()

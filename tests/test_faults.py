@@ -119,14 +119,13 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, mnist_data_
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
     assert "resuming at epoch" in out
-    assert not (tmp_path / "b" / "model.ckpt").exists()
     a, b = load_model(str(tmp_path / "a" / "model.pkl"))[0], load_model(str(tmp_path / "b" / "model.pkl"))[0]
     for name in a.params:
         assert np.array_equal(a.params[name], b.params[name]), name
     assert [h["epoch"] for h in json.loads(history.read_text())] == [1, 2, 3, 4]
 
 
-def test_resume_without_checkpoint_or_with_another_config(tmp_path, capsys):
+def test_resume_without_checkpoint_or_for_another_task(tmp_path, capsys):
     assert "nothing to resume" in run_error(capsys, [write_config(tmp_path), "--resume"])
     assert "only the train task can resume" in run_error(capsys, [write_config(tmp_path), "--resume",
                                                                   "--task", "test"])
@@ -232,3 +231,47 @@ def test_data_problems_through_main(tmp_path, capsys, monkeypatch):
     assert all(line.startswith("warning: ") for line in warnings) and "cached file is corrupt" in warnings[0]
     assert message.startswith("error: could not get train-images-idx3-ubyte.gz from any mirror")
     assert "NNFS_MIRROR" in message and not (data_dir / "train-images-idx3-ubyte.gz").exists()
+
+
+def test_resume_extends_a_finished_run_and_refuses_other_changes(tmp_path, capsys, mnist_data_dir):
+    keys = dict(data_dir=str(mnist_data_dir), train_size=2000, valid_size=0, seed=2, lr=0.05, log_level=0,
+                optimizer={"name": "momentum"}, network={"fc1": SMALL_NET[0], "act": SMALL_NET[1], "fc2": SMALL_NET[2]})
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight, extended = write_config(tmp_path / "a", num_epochs=3, **keys), write_config(tmp_path / "b", num_epochs=2, **keys)
+    assert main([straight]) == 0 and main([extended]) == 0
+    assert run_error(capsys, [extended, "--resume"]) == (
+        "error: --resume: the run has trained after 2 epochs (num_epochs 2); to train longer, raise num_epochs "
+        "(--set num_epochs=N, N > 2)")
+    message = run_error(capsys, [extended, "--resume", "--set", "num_epochs=3", "--set", "lr=0.1",
+                                 "--set", "network.fc1.n_out=48", "--set", "network.fc2.n_in=48"])
+    assert message == (f"error: --resume: {tmp_path / 'b' / 'model.ckpt'} was made with another config (then -> now: "
+                       "lr: 0.05 -> 0.1; network.fc1.n_out: 32 -> 48; network.fc2.n_in: 32 -> 48); only num_epochs "
+                       "may change, to train longer: resume with the run's config, or train without --resume")
+    assert main([extended, "--resume", "--set", "num_epochs=3", "--set", "log_level=1"]) == 0
+    assert "resuming at epoch 3, batch 1" in capsys.readouterr().out
+    history = json.loads((tmp_path / "b" / "model.history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    a, b = load_model(str(tmp_path / "a" / "model.pkl"))[0], load_model(str(tmp_path / "b" / "model.pkl"))[0]
+    for name in a.params:                              # a constant lr: the same as three epochs straight away
+        assert np.array_equal(a.params[name], b.params[name]), name
+    assert main([extended]) == 0                        # a new run may start where a finished one was kept
+    assert len(json.loads((tmp_path / "b" / "model.history.json").read_text())) == 2
+
+
+def test_a_second_training_into_one_model_file_is_refused_until_the_first_ends(tmp_path, capsys, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=50000, valid_size=0, num_epochs=50)
+    first = run_training(config)
+    lock = tmp_path / "model.pkl.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        message = run_error(capsys, [config, "--set", "num_epochs=1"])
+        assert message.startswith(f"error: model_file: another training run is writing {tmp_path / 'model.pkl'} "
+                                  f"(process {first.pid}, `{ROOT / 'main.py'} {config}`, started ")
+        assert message.endswith("); wait for it to end, or set another model_file")
+    finally:
+        first.kill()                                    # a crash: the kernel drops its lock
+        first.wait()
+    assert main([config, "--set", "num_epochs=1", "--set", "train_size=1000", "-q"]) == 0
+    assert not lock.exists()

@@ -1,4 +1,5 @@
-"""Every registered layer and loss, and a whole Model, against float64 central differences.
+"""Every registered layer and loss, and a whole Model, against float64 central differences,
+on every backend present (numpy, the strict stand-in for a GPU, and CuPy's where there is one).
 
 For a layer, f(x) = sum(forward(x) * g) with a fixed random g, so df/dx = backward(g) and
 df/dparams[k] = grads[k]. The relative error ||analytic - numeric|| / (||analytic|| + ||numeric||)
@@ -7,6 +8,7 @@ must stay below 1e-6.
 import numpy as np
 import pytest
 
+from backend import to_numpy
 from model import build_model
 from nn_module import LAYERS, LOSSES, get_module
 
@@ -36,7 +38,7 @@ def numeric_grad(f, array):
     """Central differences of the scalar f() with respect to every element of `array` (in place)."""
     grad = np.zeros_like(array)
     for i in np.ndindex(array.shape):
-        saved = array[i]
+        saved = array[i].copy()             # CuPy's array[i] is a view, numpy's a copy
         array[i] = saved + EPS
         up = f()
         array[i] = saved - EPS
@@ -47,6 +49,7 @@ def numeric_grad(f, array):
 
 
 def relative_error(a, b):
+    a, b = to_numpy(a), to_numpy(b)
     return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30)
 
 
@@ -56,16 +59,21 @@ def away_from_kinks(shape, rng):
     return x + 0.01 * np.sign(x)
 
 
-def check_module(module, x, rng):
-    """Asserts grad_x and every grads[k] match central differences of sum(forward(x) * g)."""
+def check_module(module, x, rng, device):
+    """Asserts grad_x and every grads[k] match central differences of sum(forward(x) * g), with
+    the module and x moved to `device` (a backend.Backend)."""
     seed = int(rng.integers(1 << 30))
+    module.map_arrays(device.to_device)
+    if hasattr(module, "rng"):                     # Dropout draws its masks through the device
+        module.rng = device.random(module.rng)
+    x = device.to_device(x)
 
     def f():
         if hasattr(module, "rng"):                 # Dropout: the same mask on every call
-            module.rng = np.random.default_rng(seed)
+            module.rng = device.random(np.random.default_rng(seed))
         return float(np.sum(module.forward(x) * g))
 
-    g = rng.normal(size=module.forward(x).shape)
+    g = device.to_device(rng.normal(size=module.forward(x).shape))
     f()
     grad_x = module.backward(g.copy())
     analytic = {k: v.copy() for k, v in module.grads.items()}
@@ -81,28 +89,28 @@ def test_every_layer_has_a_case():
 
 @pytest.mark.parametrize("name,arguments,shape",
                          [(n, a, s) for n, cases in LAYER_CASES.items() for a, s in cases])
-def test_layer_gradients(name, arguments, shape):
+def test_layer_gradients(name, arguments, shape, device):
     rng = np.random.default_rng(0)
     extra = {"rng": rng} if "rng" in get_module(name).__init__.__code__.co_varnames else {}
     module = get_module(name)(**arguments, dtype=np.float64, **extra)
     module.train()
-    check_module(module, away_from_kinks((3, *shape), rng), rng)
+    check_module(module, away_from_kinks((3, *shape), rng), rng, device)
 
 
-def test_batchnorm_gradients_in_eval_mode():
+def test_batchnorm_gradients_in_eval_mode(device):
     rng = np.random.default_rng(4)
     module = get_module("BatchNorm")(num_features=3, dtype=np.float64)
     module.forward(rng.normal(size=(6, 3, 2, 2)) * 2 + 1)       # moves the running averages
     module.eval()
-    check_module(module, rng.normal(size=(5, 3, 2, 2)), rng)
+    check_module(module, rng.normal(size=(5, 3, 2, 2)), rng, device)
 
 
-def test_model_gradients():
+def test_model_gradients(device):
     rng = np.random.default_rng(1)
     model = build_model([{"class": "Linear", "n_in": 6, "n_out": 5}, {"class": "Tanh"},
                          {"class": "Linear", "n_in": 5, "n_out": 3}, {"class": "Softmax"}],
                         dtype=np.float64, rng=rng)
-    check_module(model, rng.normal(size=(4, 6)), rng)
+    check_module(model, rng.normal(size=(4, 6)), rng, device)
 
 
 def loss_inputs(name, rng):
@@ -114,9 +122,9 @@ def loss_inputs(name, rng):
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_loss_gradients(name):
+def test_loss_gradients(name, device):
     rng = np.random.default_rng(2)
-    pred, labels = loss_inputs(name, rng)
+    pred, labels = map(device.to_device, loss_inputs(name, rng))
     loss = get_module(name)(dtype=np.float64)
     f = lambda: loss.forward(pred, labels)
     f()
@@ -124,9 +132,9 @@ def test_loss_gradients(name):
     assert relative_error(analytic, numeric_grad(f, pred)) < TOLERANCE
 
 
-def test_mse_gradient_with_target_array():
+def test_mse_gradient_with_target_array(device):
     rng = np.random.default_rng(3)
-    pred, target = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    pred, target = device.to_device(rng.normal(size=(4, 3))), device.to_device(rng.normal(size=(4, 3)))
     loss = get_module("MSELoss")(dtype=np.float64)
     f = lambda: loss.forward(pred, target)
     f()

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from backend import to_numpy
 from errors import ConfigError
 from model import build_model
 from nn_module import LAYERS, get_module
@@ -15,15 +16,18 @@ def build(name, arguments, dtype=np.float32):
 
 @pytest.mark.parametrize("name,arguments,shape",
                          [(n, a, s) for n, cases in LAYER_CASES.items() for a, s in cases])
-def test_layer_contract(name, arguments, shape):
-    """Built from its spec: float32 in and out, params/grads parity, repr, train/eval, grad_y untouched."""
-    layer = build(name, arguments)
-    x = np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float32)
+def test_layer_contract(name, arguments, shape, device):
+    """Built from its spec and moved to the device: float32 in and out, params/grads parity,
+    repr, train/eval, grad_y untouched."""
+    layer = build(name, arguments).map_arrays(device.to_device)
+    if hasattr(layer, "rng"):
+        layer.rng = device.random(layer.rng)
+    x = device.to_device(np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float32))
     y = layer.forward(x)
     assert y.dtype == np.float32 and len(y) == 3
     grad_y = np.ones_like(y)
     grad_x = layer.backward(grad_y)
-    assert np.all(grad_y == 1)                                   # backward never modifies grad_y
+    assert np.all(to_numpy(grad_y) == 1)                         # backward never modifies grad_y
     assert grad_x.shape == x.shape and grad_x.dtype == np.float32
     assert layer.params.keys() == layer.grads.keys()
     for k in layer.params:
@@ -88,25 +92,26 @@ def naive_pool(x, k, stride, reduce):
 
 
 @pytest.mark.parametrize("k,stride,padding", [(3, 1, 0), (3, 1, 1), (3, 2, 1), (5, 2, 2), (2, 2, 0)])
-def test_conv_matches_loops(k, stride, padding):
+def test_conv_matches_loops(k, stride, padding, device):
     rng = np.random.default_rng(2)
     conv = get_module("Conv2D")(in_channels=3, out_channels=4, kernel_size=k, stride=stride, padding=padding,
                                 dtype=np.float64, rng=rng)
     conv.params["bias"][...] = rng.normal(size=4)
     x = rng.normal(size=(2, 3, 9, 8))
-    np.testing.assert_allclose(conv.forward(x), naive_conv(x, conv.params["weight"], conv.params["bias"],
-                                                           stride, padding), atol=1e-12)
+    expected = naive_conv(x, conv.params["weight"], conv.params["bias"], stride, padding)
+    conv.map_arrays(device.to_device)
+    np.testing.assert_allclose(to_numpy(conv.forward(device.to_device(x))), expected, atol=1e-12)
 
 
 @pytest.mark.parametrize("reduce", ["max", "avg"])
 @pytest.mark.parametrize("k,stride", [(2, 2), (3, 1), (3, 2), (17, 1)])
-def test_pool_matches_loops(reduce, k, stride):
+def test_pool_matches_loops(reduce, k, stride, device):
     x = np.random.default_rng(3).normal(size=(2, 3, 7, 8) if k < 8 else (1, 2, 18, 19))
     pool = get_module("MaxPool2D" if reduce == "max" else "AvgPool2D")(kernel_size=k, stride=stride,
                                                                       dtype=np.float64)
     y, grad = naive_pool(x, k, stride, reduce)
-    np.testing.assert_allclose(pool.forward(x), y, atol=1e-12)
-    np.testing.assert_allclose(pool.backward(np.ones_like(y)), grad, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(pool.forward(device.to_device(x))), y, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(pool.backward(device.to_device(np.ones_like(y)))), grad, atol=1e-12)
 
 
 @pytest.mark.parametrize("k,stride", [(2, 2), (3, 2)])
@@ -212,3 +217,26 @@ def test_skipping_the_input_gradient_keeps_every_parameter_gradient():
     assert [layer.needs_grad_x for layer in skip.layers] == [False, False, True, True]
     for name in full.grads:
         np.testing.assert_array_equal(full.grads[name], skip.grads[name])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_packing_the_parameters_changes_no_number(optimizer, device):
+    """Model.pack() puts all parameters in one array: training steps give bit-identical weights."""
+    from engine import train_step
+    from optim import OPTIMIZERS
+    network = [{"class": "Reshape", "shape": [1, 6, 6]},
+               {"class": "Conv2D", "in_channels": 1, "out_channels": 2, "kernel_size": 3},
+               {"class": "BatchNorm", "num_features": 2}, {"class": "ReLU"}, {"class": "Flatten"},
+               {"class": "Linear", "n_in": 32, "n_out": 3}]
+    loss = get_module("SoftmaxCrossEntropyLoss")()
+    models = [build_model(network, rng=np.random.default_rng(0)).map_arrays(device.to_device) for _ in range(2)]
+    models[1].pack()
+    assert list(models[1].packed_params) == ["all"] and models[1].packed_params["all"].size == 20 + 4 + 99
+    x = device.to_device(np.random.default_rng(1).normal(size=(5, 36)).astype(np.float32))
+    y = device.to_device(np.array([0, 1, 2, 1, 0]))
+    optimizers = [OPTIMIZERS[optimizer](lr=0.1, weight_decay=0.01) for _ in models]
+    for _ in range(3):
+        for model, opt in zip(models, optimizers):
+            train_step(model, loss, opt, x, y, clip_norm=None)
+    for name in models[0].params:
+        assert np.array_equal(to_numpy(models[0].params[name]), to_numpy(models[1].params[name])), name

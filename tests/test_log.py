@@ -1,7 +1,7 @@
 """The logger: verbosity levels, the log file, and progress on a terminal and off it."""
 import io
 
-from log import Logger, fmt
+from log import Logger, fmt, progress_bar
 
 
 class Terminal(io.StringIO):
@@ -22,29 +22,38 @@ def test_levels_and_log_file(tmp_path, capsys):
     assert path.read_text() == "epoch line\nwarning: careful\nTest accuracy: 99.00%\n"
 
 
-def test_progress_redraws_in_place_on_a_terminal():
-    log = Logger(level=2, stream=Terminal())
+def test_progress_is_a_bar_on_a_terminal_that_the_next_line_replaces():
+    log = Logger(level=1, stream=Terminal())
     for done in range(1, 101):
         log.progress(done, 100, "loss 0.1")
     log.info("epoch 1/1")
     text = log.stream.getvalue()
-    assert text.startswith("\r1/100 loss 0.1") and "\r100/100 loss 0.1" in text
-    assert text.count("\n") == 2                                   # the finished bar, then the epoch line
-    assert text.count("\r") < 10                                   # redraws are throttled
+    assert text.startswith("\r1/100 [>" + "." * 29 + "] loss 0.1\033[K")
+    assert "\r100/100 [" + "=" * 30 + "] loss 0.1\033[K" in text
+    assert text.endswith("\r\033[K" + "epoch 1/1\n")                # the bar is erased, then the epoch line
+    assert text.count("\n") == 1 and text.count("\r") < 10          # redraws are throttled
 
 
-def test_progress_prints_a_few_plain_lines_when_not_a_terminal():
-    log = Logger(level=2, stream=io.StringIO())
+def test_progress_prints_a_few_plain_lines_when_not_a_terminal_at_level_2(tmp_path):
+    log = Logger(level=2, stream=io.StringIO(), log_file=str(tmp_path / "run.log"))
     for done in range(1, 551):
         log.progress(done, 550, "x")
+    log.close()
     lines = log.stream.getvalue().splitlines()
     assert lines == ["138/550 x", "276/550 x", "414/550 x", "550/550 x"]
+    assert (tmp_path / "run.log").read_text().splitlines() == lines
 
 
-def test_no_progress_below_level_2():
-    log = Logger(level=1, stream=Terminal())
-    log.progress(1, 2, "x")
-    assert log.stream.getvalue() == ""
+def test_no_progress_off_a_terminal_below_level_2_nor_at_level_0():
+    for level, stream in ((1, io.StringIO()), (0, Terminal())):
+        log = Logger(level=level, stream=stream)
+        log.progress(1, 2, "x")
+        assert log.stream.getvalue() == ""
+
+
+def test_a_bar_of_unknown_total_and_a_full_one():
+    assert progress_bar(5, None, "file.gz") == "5 file.gz"
+    assert progress_bar(3, 3, width=4) == "3/3 [====]" and progress_bar(1, 4, width=4) == "1/4 [=>..]"
 
 
 def test_fmt():

@@ -247,7 +247,7 @@ def test_all_mirrors_failing_says_where_to_put_the_files(tmp_path):
     message = str(info.value)
     assert str(data_dir) in message and "NNFS_MIRROR" in message
     assert "http://127.0.0.1:9/" in message and empty.as_uri() in message
-    assert os.listdir(data_dir) == []  # no temporary file left behind
+    assert not data_dir.exists()  # no temporary file left behind, nor the folder made for it
 
 
 def test_mirror_list_puts_nnfs_mirror_folder_first(tmp_path, monkeypatch):

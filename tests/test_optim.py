@@ -1,20 +1,22 @@
 """Optimizers: two steps against numbers worked by hand; schedules: the rate of each epoch."""
+import copy
 import math
 
 import numpy as np
 import pytest
 
+from backend import to_numpy
 from optim import OPTIMIZERS, SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp, clip_grad_norm, learning_rate
 
 
-def two_steps(optimizer, p0=1.0, g=0.5):
-    params = {"w": np.array([p0])}
-    grads = {"w": np.array([g])}
+def two_steps(optimizer, p0=1.0, g=0.5, to_device=np.asarray):
+    params = {"w": to_device(np.array([p0]))}
+    grads = {"w": to_device(np.array([g]))}
     array = params["w"]
     seen = []
     for _ in range(2):
         optimizer.step(params, grads)
-        seen.append(float(params["w"][0]))
+        seen.append(float(to_numpy(params["w"])[0]))
     assert params["w"] is array                     # updated in place, never rebound
     return seen
 
@@ -32,8 +34,14 @@ def two_steps(optimizer, p0=1.0, g=0.5):
     (AdaGrad(lr=0.1), [0.9, 0.9 - 0.05 / np.sqrt(0.5)]),               # s = 0.25, then 0.5
     (RMSProp(lr=0.1), [1 - 0.05 / np.sqrt(0.025), 1 - 0.05 / np.sqrt(0.025) - 0.05 / np.sqrt(0.0475)]),
 ])
-def test_two_steps(optimizer, expected):
-    assert two_steps(optimizer) == pytest.approx(expected)
+def test_two_steps(optimizer, expected, device):
+    assert two_steps(copy.deepcopy(optimizer), to_device=device.to_device) == pytest.approx(expected)
+
+
+def test_clip_grad_norm_on_every_device(device):
+    grads = {"a": device.to_device(np.array([3.0])), "b": device.to_device(np.array([4.0]))}
+    assert clip_grad_norm(grads, 1.0) == pytest.approx(5.0)
+    assert to_numpy(grads["a"])[0] == pytest.approx(0.6) and to_numpy(grads["b"])[0] == pytest.approx(0.8)
 
 
 def test_state_is_kept_per_name():

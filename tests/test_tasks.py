@@ -1,9 +1,12 @@
 """The summary, plot and predict tasks, and the test report, through main.py."""
+import json
+import os
+
 import numpy as np
 import pytest
 
 from main import main
-from test_cli import run_error, write_config
+from test_cli import SMALL_NET, run_error, write_config
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +135,144 @@ def test_predict_bad_input(trained, tmp_path, capsys):
     for path, message in cases.items():
         assert message in run_error(capsys, [trained, "--task", "predict", "--input", path])
     assert "no images to predict" in run_error(capsys, [trained, "--task", "predict"])
+
+
+def test_predict_goes_on_past_files_it_cannot_read(trained, tmp_path, capsys, mnist):
+    np.save(tmp_path / "good.npy", mnist["x_test"][0])
+    (tmp_path / "notes.npy").write_text("not an array")
+    (tmp_path / "folder").mkdir()
+    good, notes, folder = str(tmp_path / "good.npy"), str(tmp_path / "notes.npy"), str(tmp_path / "folder")
+    assert main([trained, "--task", "predict", "--input", notes, good, folder]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{good}: {mnist['y_test'][0]} ")
+    assert captured.err.splitlines() == [
+        f"error: {notes}: not a .npy file (numpy.save writes them; this file is not one)",
+        f"error: {folder}: is a folder, expected an image file (give the images in it: --input {folder}/*.png)",
+        f"error: 2 of 3 images could not be classified: {notes}, {folder}"]
+    assert "allow_pickle" not in captured.err
+
+
+def test_predict_with_options_before_the_config(trained, tmp_path, capsys, mnist):
+    np.save(tmp_path / "digit.npy", mnist["x_test"][0])
+    assert main(["--task", "predict", "--input", str(tmp_path / "digit.npy"), trained]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'digit.npy'}: {mnist['y_test'][0]} ")
+
+
+def test_prepared_images_of_the_same_name_do_not_overwrite_each_other(trained, tmp_path, capsys, mnist):
+    paths = []
+    for folder, i in (("a", 0), ("b", 1), ("c", 2)):
+        (tmp_path / folder).mkdir()
+        name = "x.npy" if folder != "c" else "x-2.npy"
+        np.save(tmp_path / folder / name, mnist["x_test"][i])
+        paths.append(str(tmp_path / folder / name))
+    out_dir = tmp_path / "prepared"
+    assert main([trained, "--task", "predict", "--save-prepared", "--set", f"plot_dir={out_dir}", "--input", *paths]) == 0
+    written = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert written == [str(out_dir / n) for n in ("x.prepared.png", "x-2.prepared.png", "x-2-2.prepared.png")]
+    for path, i in zip(written, range(3)):                              # each is the picture of its own digit
+        from datasets.prepare import prepare
+        expected = prepare(mnist["x_test"][i].reshape(28, 28).astype(np.float64))
+        assert np.abs(png_pixels(path)[..., 0] - expected).max() < 0.01
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak memory from Linux's /proc")
+def test_predict_reads_a_large_photo_in_little_memory(trained, tmp_path):
+    """A 48-megapixel JPEG (8000x6000) of a dark 1 on white paper: read as floats at full size it
+    would take over a gigabyte; shrunk while decoded it takes a few megabytes."""
+    import subprocess
+    import sys
+    from PIL import Image, ImageDraw
+    from conftest import ROOT
+    photo = Image.new("L", (6000, 8000), 235)
+    ImageDraw.Draw(photo).rectangle((2800, 1500, 3300, 6500), fill=20)
+    photo.save(tmp_path / "photo.jpg", quality=85)
+    del photo
+    # The peak resident memory of this process since it started (VmHWM; ru_maxrss would include
+    # the memory of the pytest process it was forked from).
+    script = (f"import re, sys; sys.path.insert(0, {str(ROOT)!r}); from main import main; "
+              f"status = main([{trained!r}, '--task', 'predict', '-q', '--input', {str(tmp_path / 'photo.jpg')!r}]); "
+              f"print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) // 1024, status)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    prediction, usage = result.stdout.splitlines()
+    assert prediction.startswith(f"{tmp_path / 'photo.jpg'}: 1 ")
+    peak_mb, status = map(int, usage.split())
+    assert status == 0 and peak_mb < 400, peak_mb
+
+
+def test_a_failed_plot_or_training_leaves_no_empty_folder(tmp_path, capsys, monkeypatch):
+    import datasets.mnist
+    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
+    config = write_config(tmp_path, model_file=str(tmp_path / "models" / "net.pkl"))
+    assert "cannot read model file" in run_error(capsys, [config, "--task", "plot"])
+    assert main([config]) == 2                                          # no data, no training
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: could not get train-images-idx3-ubyte.gz")
+    assert sorted(os.listdir(tmp_path)) == ["config.json"]              # no models/, no net_plots/, no data/
+
+
+def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, mnist_data_dir):
+    import shutil
+    import datasets.mnist
+    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
+    only_test = tmp_path / "data"
+    only_test.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_data_dir / name, only_test / name)
+    assert main([trained, "--task", "test", "--set", f"data_dir={only_test}"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("/10000")
+    assert sorted(os.listdir(only_test)) == ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz.sha256",
+                                             "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz.sha256"]
+
+
+def test_a_model_file_of_another_network_is_refused_and_the_loaded_file_named(trained, tmp_path, capsys, mnist):
+    model_file = trained.replace("config.json", "model.pkl")
+    message = run_error(capsys, [trained, "--task", "test", "--set", "network.0.n_out=48", "--set", "network.2.n_in=48"])
+    assert message == (f"error: {model_file} holds another network than this config (file -> config: "
+                       f"network[0].n_out: 32 -> 48; network[2].n_in: 32 -> 48); use the config it was trained "
+                       f"with, or set model_file to a model trained with this one")
+    cnn = [{"class": "Reshape", "shape": [1, 28, 28]}, {"class": "Flatten"}, *SMALL_NET]
+    message = run_error(capsys, [trained, "--task", "plot", "--set", f"network={json.dumps(cnn)}"])
+    assert "(file -> config: network: 3 layers -> 5; network[0].class: 'Linear' -> 'Reshape'; " in message
+    np.save(tmp_path / "digit.npy", mnist["x_test"][0])
+    assert main([trained, "--task", "predict", "--set", "log_level=1", "--set", "dtype=float64",
+                 "--input", str(tmp_path / "digit.npy")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == f"loaded the model from {model_file}"
+    assert captured.err == f"warning: {model_file} was saved in float32, the config says float64: the model runs " \
+                           f"in float32\n"
+
+
+def test_summary_names_the_layers_as_the_config_does(tmp_path, capsys):
+    config = write_config(tmp_path, network={"hidden": SMALL_NET[0], "act": SMALL_NET[1], "out": SMALL_NET[2]})
+    assert main([config, "--task", "summary"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("Name ")
+    assert [row.split(" | ")[0].strip() for row in rows[3:6]] == ["network.hidden", "network.act", "network.out"]
+
+
+def test_plot_epoch_ticks_are_whole_and_the_first_layer_shows_its_strongest_units(tmp_path, capsys, monkeypatch,
+                                                                                  mnist_data_dir):
+    import plots
+    network = [{"class": "Linear", "n_in": 784, "n_out": 80}, {"class": "ReLU"},
+               {"class": "Linear", "n_in": 80, "n_out": 10}]
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=1000, valid_size=200, num_epochs=3,
+                          log_level=0, network=network)
+    assert main([config]) == 0
+    figures, save = {}, plots.save
+
+    def recording_save(plt, fig, path, show):
+        figures[os.path.basename(path)] = {
+            "suptitle": fig.get_suptitle(), "titles": [ax.get_title() for ax in fig.axes if ax.get_images()],
+            "xticks": [tick for ax in fig.axes for tick in ax.get_xticks()]}
+        return save(plt, fig, path, show)
+    monkeypatch.setattr(plots, "save", recording_save)
+    assert main([config, "--task", "plot", "--set", "plot.count=10"]) == 0
+    assert figures["curves.png"]["xticks"] and all(t == int(t) for t in figures["curves.png"]["xticks"])
+    layer = figures["first_layer.png"]
+    assert layer["suptitle"] == "first layer weights: the 64 of 80 units with the largest weights (L2 norm)"
+    from utils import load_model
+    weight = load_model(str(tmp_path / "model.pkl"))[0].params["0.weight"]
+    strongest = np.argsort(-np.linalg.norm(weight, axis=0))[:64]
+    assert [int(t) for t in layer["titles"]] == strongest.tolist()

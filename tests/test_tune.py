@@ -143,6 +143,7 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
         assert trial.user_attrs["seed"] == tune.trial_seed(0, trial.user_attrs["slot"])
         seeds.add(trial.user_attrs["seed"])
     assert len(seeds) == 3
+    assert not list(study_folder.glob("*.ckpt"))                 # no trial is resumed
     for name in ("history", "importances", "slice"):
         assert (tmp_path / "model_plots" / f"tune_{name}.png").stat().st_size > 10000
 

@@ -1,0 +1,128 @@
+"""Where the arrays live: numpy on the CPU, or CuPy on an NVIDIA GPU.
+
+The layers, losses and optimizers never import this module, and they are written once. They
+call numpy (`np.maximum(x, 0)`, `x @ w`, `np.zeros_like(p)`), and numpy hands every call whose
+arrays are CuPy arrays over to CuPy (NEP 18's `__array_function__`, NEP 13's `__array_ufunc__`),
+so the same lines run on the GPU. Two habits keep that true:
+  * arrays are created beside their siblings, `np.zeros_like(x, shape=...)` or
+    `np.arange(n, like=x)`, never from a bare shape (`np.zeros(shape)` is a host array);
+  * only the engine moves data, through the `Backend` of its run: the model and the data go to
+    the device once, losses and metrics come back when they are needed, files hold numpy arrays.
+
+Random numbers are drawn on the host, from the run's one seeded numpy generator, and moved to
+the device (`Backend.random`): shuffling, dropout masks and augmentation maps are the same on
+every device, and a checkpoint that saves that generator resumes a GPU run exactly.
+
+CuPy is imported here and nowhere else, and only when a run asks for the GPU.
+"""
+import numpy as np
+
+from errors import ConfigError
+
+DEVICES = ("cpu", "gpu")
+
+
+class Backend:
+    """The CPU: numpy arrays, nothing to move. `gpu()` gives the CuPy one.
+
+    Attributes:
+        name: "cpu" or "gpu", as the config's "device" says.
+        out_of_memory: the exception type the device raises when its memory runs out.
+    """
+
+    name = "cpu"
+    out_of_memory = MemoryError
+
+    def to_device(self, array):
+        """`array` (numpy) as an array of this device."""
+        return array
+
+    def random(self, rng):
+        """The source of random arrays for layers and augmentation: `rng` itself on the CPU."""
+        return rng
+
+    def describe(self):
+        return "CPU (numpy)"
+
+
+def to_numpy(array):
+    """A numpy array with the values of `array`, from any device. CuPy arrays (and the tests'
+    stand-in for them) copy themselves to the host with `.get()`; numpy refuses to convert
+    them silently, so a forgotten copy fails loudly instead of slowly."""
+    return array.get() if hasattr(array, "get") else np.asarray(array)
+
+
+def map_arrays(fn, tree):
+    """`tree` (dicts, lists and tuples of arrays and plain values) with every array replaced
+    by fn(array); the optimizer's state goes to a checkpoint and back this way."""
+    if isinstance(tree, dict):
+        return {k: map_arrays(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_arrays(fn, v) for v in tree)
+    return fn(tree) if hasattr(tree, "shape") and hasattr(tree, "dtype") else tree
+
+
+class HostRandom:
+    """Random arrays drawn on the host by a numpy Generator and copied to a device.
+
+    It offers the Generator methods the project uses (`random`, `uniform`, `integers`),
+    with the same arguments, so Dropout and the augmentation call it as they call `rng`.
+    """
+
+    def __init__(self, rng, to_device):
+        self.rng, self.to_device = rng, to_device
+
+    def random(self, size=None, dtype=np.float64):
+        return self.to_device(self.rng.random(size, dtype=dtype))
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        return self.to_device(self.rng.uniform(low, high, size))
+
+    def integers(self, low, high=None, size=None):
+        return self.to_device(self.rng.integers(low, high, size))
+
+
+class CupyBackend(Backend):
+    """An NVIDIA GPU through CuPy; `cupy` is the imported module."""
+
+    name = "gpu"
+
+    def __init__(self, cupy):
+        self.cupy = cupy
+        self.out_of_memory = cupy.cuda.memory.OutOfMemoryError
+
+    def to_device(self, array):
+        return self.cupy.asarray(array)
+
+    def random(self, rng):
+        return HostRandom(rng, self.to_device)
+
+    def describe(self):
+        runtime = self.cupy.cuda.runtime
+        name = runtime.getDeviceProperties(self.cupy.cuda.Device().id)["name"].decode()
+        version = runtime.runtimeGetVersion()
+        return f"{name} (CUDA {version // 1000}.{version % 1000 // 10}, CuPy {self.cupy.__version__})"
+
+
+def gpu():
+    """The CuPy backend; ConfigError saying what is missing and how to fix it."""
+    try:
+        import cupy
+    except ImportError as err:
+        raise ConfigError(f"device: 'gpu' needs CuPy, which cannot be imported ({err}); install it with "
+                          "pip install -r requirements-gpu.txt (an NVIDIA GPU and its driver are needed), "
+                          "or use --device cpu") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:                # CUDARuntimeError: no driver, or a driver too old for CuPy
+        raise ConfigError(f"device: 'gpu', but CUDA reports no usable GPU ({err}); check the NVIDIA "
+                          "driver (nvidia-smi) or use --device cpu") from None
+    if count == 0:
+        raise ConfigError("device: 'gpu', but no CUDA GPU is visible (check nvidia-smi and "
+                          "CUDA_VISIBLE_DEVICES), or use --device cpu")
+    return CupyBackend(cupy)
+
+
+def get_backend(device):
+    """The Backend for the config's "device"."""
+    return gpu() if device == "gpu" else Backend()

@@ -1,0 +1,166 @@
+"""A strict stand-in for a GPU, so that tests without one still guard the GPU path.
+
+`DeviceArray` wraps a numpy array and behaves as a CuPy array does towards numpy: numpy
+functions and ufuncs called on it are handed to it (`__array_function__`, `__array_ufunc__`)
+and give DeviceArrays back, and it refuses every mix with host arrays. An operation that meets
+a plain numpy array, a conversion to numpy (`np.asarray`, `np.array`, a host array indexed by
+it) all raise HostDeviceMix, as CuPy raises TypeError. Only `.get()` copies to the host, and
+`float()` / `int()` of a one-element array, as in CuPy.
+
+`StrictBackend` is a `backend.Backend` whose device arrays are DeviceArrays; tests install it
+in place of CuPy's with `monkeypatch.setattr(backend, "gpu", StrictBackend)`.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+import backend
+
+
+class HostDeviceMix(TypeError):
+    """A host (numpy) array met a device array, or a device array was converted implicitly."""
+
+
+def _unwrap(value):
+    """The numpy array inside every DeviceArray of `value`; HostDeviceMix for a host array."""
+    if isinstance(value, DeviceArray):
+        return value.array
+    if isinstance(value, np.ndarray):
+        raise HostDeviceMix(f"a host array of shape {value.shape} reached a device operation")
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    return value
+
+
+def _wrap(value):
+    """Device arrays for the numpy arrays and scalars an operation returned (CuPy returns 0-d arrays)."""
+    if isinstance(value, np.ndarray):
+        return DeviceArray(value)
+    if isinstance(value, np.generic):
+        return DeviceArray(np.asarray(value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_wrap(v) for v in value)
+    return value
+
+
+class DeviceArray:
+    """A numpy array that stands for an array in GPU memory (see the module docstring)."""
+
+    __array_priority__ = 1000
+
+    def __init__(self, array):
+        self.array = array
+
+    # -- what numpy hands over --------------------------------------------------------------
+    def __array_function__(self, func, types, args, kwargs):
+        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out")
+        result = getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs))
+        if out is not None:                           # the outputs were written in place
+            return out[0] if len(out) == 1 else out
+        return _wrap(result)
+
+    def __array__(self, dtype=None, copy=None):
+        raise HostDeviceMix("a device array was converted to a host array implicitly; use .get()")
+
+    # -- explicit transfers, and Python scalars as CuPy allows them -------------------------
+    def get(self):
+        return self.array.copy()
+
+    def __float__(self):
+        return float(self.array)
+
+    def __int__(self):
+        return int(self.array)
+
+    def __bool__(self):
+        return bool(self.array)
+
+    def __index__(self):
+        raise HostDeviceMix("a device array cannot be used as a Python index")
+
+    def __len__(self):
+        return len(self.array)
+
+    def __iter__(self):
+        raise HostDeviceMix("iterating over a device array copies it element by element; use .get()")
+
+    def __repr__(self):
+        return f"DeviceArray({self.array!r})"
+
+    # -- attributes and methods: those of the numpy array, results wrapped ------------------
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+    size = property(lambda self: self.array.size)
+    T = property(lambda self: DeviceArray(self.array.T))
+
+    def __getattr__(self, name):
+        if name.startswith("__"):            # __array_interface__ and the like would let numpy read the host copy
+            raise AttributeError(name)
+        attribute = getattr(self.array, name)
+        if not callable(attribute):
+            return attribute
+        return lambda *args, **kwargs: _wrap(attribute(*_unwrap(args), **_unwrap(kwargs)))
+
+    def __getitem__(self, key):
+        key = _unwrap(key)
+        item = self.array[key]
+        if isinstance(item, np.generic):         # one element: CuPy gives a 0-d view, not a copy
+            item = self.array[(key if isinstance(key, tuple) else (key,)) + (Ellipsis,)]
+        return DeviceArray(item)
+
+    def __setitem__(self, key, value):
+        self.array[_unwrap(key)] = _unwrap(value)
+
+
+def _operator(name):
+    def method(self, *others):
+        return _wrap(getattr(operator, name)(self.array, *_unwrap(others)))
+    return method
+
+
+def _reflected(name):
+    def method(self, other):
+        return _wrap(getattr(operator, name)(_unwrap(other), self.array))
+    return method
+
+
+def _in_place(name):
+    def method(self, other):
+        getattr(operator, name)(self.array, _unwrap(other))   # numpy's in-place operators write in place
+        return self
+    return method
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor"):
+    setattr(DeviceArray, f"__{_name}__", _operator(_name))
+    setattr(DeviceArray, f"__r{_name}__", _reflected(_name))
+    setattr(DeviceArray, f"__i{_name}__", _in_place(f"i{_name}"))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne", "neg", "pos", "abs", "invert"):
+    setattr(DeviceArray, f"__{_name}__", _operator(_name))
+DeviceArray.__hash__ = None
+
+
+class StrictBackend(backend.Backend):
+    """A Backend whose device arrays are DeviceArrays: the GPU path, checked on a CPU."""
+
+    name = "gpu"
+
+    def to_device(self, array):
+        if isinstance(array, DeviceArray):
+            return array
+        if not isinstance(array, (np.ndarray, numbers.Number)):
+            raise TypeError(f"to_device takes numpy arrays, got {type(array).__name__}")
+        return DeviceArray(np.array(array))
+
+    def random(self, rng):
+        return backend.HostRandom(rng, self.to_device)
+
+    def describe(self):
+        return "a strict stand-in for a GPU (numpy arrays that refuse to mix with host arrays)"

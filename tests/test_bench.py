@@ -1,0 +1,32 @@
+"""benchmarks/bench.py: a --quick run shows its numbers but judges no target; a full one judges them."""
+import importlib.util
+import json
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)                        # bench.main changes into the repository; this restores it
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_targets_are_judged_only_by_a_full_run(bench, tmp_path, capsys, mnist_data_dir, quick):
+    results = tmp_path / "results.json"
+    options = ["--quick"] if quick else ["--repeats", "1"]
+    assert bench.main([*options, "--only", "load", "--data-dir", str(mnist_data_dir), "--json", str(results)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("MNIST load from the verified cache"))
+    target = json.loads(results.read_text())["targets"][0]
+    assert target["target"] == "MNIST load from the verified cache" and target["value"] > 0
+    if quick:
+        assert row.rstrip().endswith("not judged (--quick)") and target["met"] is None
+        assert "QUICK: 1/20 epochs scaled up, not a measurement" in out
+    else:
+        assert row.rstrip().endswith(("yes", "NO")) and target["met"] in (True, False)

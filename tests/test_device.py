@@ -1,0 +1,164 @@
+"""The GPU path end to end, on the strict stand-in for a GPU (tests/strict_device.py).
+
+Every task runs through main.py with --device gpu and CuPy's backend replaced by the stand-in,
+whose arrays refuse to mix with host arrays: a host array reaching a layer, the optimizer or a
+loss fails these tests. Since the stand-in computes with numpy and random numbers are drawn on
+the host, a stand-in run must give exactly the weights a CPU run gives. The same tests run
+on a real GPU where CuPy finds one (test_real_gpu_*), and skip with the reason elsewhere.
+"""
+import contextlib
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+import backend
+import engine
+from conftest import gpu_or_skip
+from main import main
+from strict_device import StrictBackend
+
+CONV_NET = [{"class": "Reshape", "shape": [1, 28, 28]},
+            {"class": "Conv2D", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1},
+            {"class": "BatchNorm", "num_features": 4}, {"class": "ReLU"}, {"class": "MaxPool2D", "kernel_size": 2},
+            {"class": "Flatten"}, {"class": "Linear", "n_in": 784, "n_out": 16}, {"class": "ReLU"},
+            {"class": "Dropout", "p": 0.3}, {"class": "Linear", "n_in": 16, "n_out": 10}, {"class": "Softmax"}]
+
+
+def write_config(tmp_path, mnist_data_dir, name="config", **keys):
+    config = {"network": CONV_NET, "loss": "CrossEntropyLoss", "data_dir": str(mnist_data_dir),
+              "model_file": str(tmp_path / f"{name}.pkl"), "train_size": 600, "valid_size": 200,
+              "num_epochs": 2, "batch_size": 50, "lr": 0.005, "log_level": 0,
+              "optimizer": {"name": "adam", "weight_decay": 1e-4}, "clip_grad_norm": 5.0,
+              "augment": {"shift": 1, "rotate": 5, "scale": 0.05}, **keys}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    return str(path)
+
+
+def saved_arrays(path):
+    with open(path, "rb") as f:
+        payload = pickle.load(f)
+    return {**payload["params"], **payload["state"]}
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    monkeypatch.setattr(backend, "gpu", StrictBackend)
+
+
+def test_every_task_runs_on_the_stand_in_and_training_matches_the_cpu(tmp_path, mnist_data_dir, stand_in,
+                                                                      capsys):
+    cpu, gpu = write_config(tmp_path, mnist_data_dir, "cpu"), write_config(tmp_path, mnist_data_dir, "gpu")
+    assert main([cpu]) == 0
+    assert main([gpu, "--device", "gpu"]) == 0
+    a, b = saved_arrays(tmp_path / "cpu.pkl"), saved_arrays(tmp_path / "gpu.pkl")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)    # files hold numpy arrays
+    capsys.readouterr()
+    assert main([gpu, "--device", "gpu", "--task", "test"]) == 0
+    report = capsys.readouterr().out
+    assert main([gpu, "--task", "test"]) == 0                    # a GPU-trained model tests on the CPU
+    assert capsys.readouterr().out == report and "Test accuracy:" in report
+    assert main([gpu, "--device", "gpu", "--task", "plot"]) == 0
+    assert "first_layer.png" in capsys.readouterr().out
+    image = tmp_path / "digit.npy"
+    np.save(image, np.zeros((28, 28)) + np.eye(28))
+    assert main([gpu, "--device", "gpu", "--task", "predict", "--input", str(image)]) == 0
+    assert str(image) in capsys.readouterr().out
+    assert main([gpu, "--device", "gpu", "--task", "summary"]) == 0
+    assert "Total params" in capsys.readouterr().out
+
+
+class StopAfter:
+    """Stands in for stop_requests' Event: is_set() turns true at the `count`-th batch."""
+
+    def __init__(self, count):
+        self.count = count
+
+    def is_set(self):
+        self.count -= 1
+        return self.count == 0
+
+
+def test_resume_on_the_stand_in_gives_the_uninterrupted_weights(tmp_path, mnist_data_dir, stand_in, monkeypatch):
+    whole = write_config(tmp_path, mnist_data_dir, "whole", optimizer={"name": "momentum"}, lr=0.05)
+    cut = write_config(tmp_path, mnist_data_dir, "cut", optimizer={"name": "momentum"}, lr=0.05)
+    assert main([whole, "--device", "gpu"]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(17)))
+        assert main([cut, "--device", "gpu"]) == 130            # interrupted in the second epoch
+    assert (tmp_path / "cut.ckpt").exists()
+    assert main([cut, "--device", "gpu", "--resume"]) == 0
+    a, b = saved_arrays(tmp_path / "whole.pkl"), saved_arrays(tmp_path / "cut.pkl")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_host_array_in_a_device_layer_is_caught(stand_in):
+    from strict_device import HostDeviceMix
+    from nn_module import Linear
+    layer = Linear(3, 2).map_arrays(StrictBackend().to_device)
+    with pytest.raises(HostDeviceMix):
+        layer.forward(np.ones((4, 3), np.float32))               # the data was never moved
+
+
+def run_error(capsys, argv):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: device: ") and "Traceback" not in err, err
+    return err
+
+
+def test_gpu_without_cupy_is_one_error_line(tmp_path, mnist_data_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cupy", None)             # import cupy raises ImportError
+    err = run_error(capsys, [write_config(tmp_path, mnist_data_dir), "--device", "gpu"])
+    assert "needs CuPy" in err and "requirements-gpu.txt" in err
+    assert not (tmp_path / "config.pkl").exists()
+
+
+def test_gpu_without_a_device_is_one_error_line(tmp_path, mnist_data_dir, monkeypatch, capsys):
+    class Runtime:
+        @staticmethod
+        def getDeviceCount():
+            raise RuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected")
+
+    fake = type(sys)("cupy")
+    fake.cuda = type(sys)("cupy.cuda")
+    fake.cuda.runtime = Runtime
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    err = run_error(capsys, [write_config(tmp_path, mnist_data_dir), "--device", "gpu"])
+    assert "no usable GPU" in err and "nvidia-smi" in err
+
+
+def test_out_of_gpu_memory_is_one_error_line_and_keeps_the_model(tmp_path, mnist_data_dir, monkeypatch, capsys):
+    class OutOfMemory(Exception):
+        pass
+
+    class TinyGPU(StrictBackend):
+        out_of_memory = OutOfMemory
+
+        def to_device(self, array):
+            if np.size(array) > 1_000_000:                        # the model fits, the test images do not
+                raise OutOfMemory(f"out of memory allocating {array.nbytes:,} bytes")
+            return super().to_device(array)
+
+    config = write_config(tmp_path, mnist_data_dir)
+    assert main([config]) == 0
+    before = (tmp_path / "config.pkl").read_bytes()
+    monkeypatch.setattr(backend, "gpu", TinyGPU)
+    err = run_error(capsys, [config, "--device", "gpu", "--task", "test"])
+    assert "out of GPU memory" in err and "batch_size" in err
+    assert (tmp_path / "config.pkl").read_bytes() == before
+
+
+def test_real_gpu_trains_like_the_cpu(tmp_path, mnist_data_dir, capsys):
+    gpu_or_skip()
+    plain = {"optimizer": {"name": "sgd"}, "augment": None, "num_epochs": 1, "lr": 0.01}   # no amplifier of rounding
+    cpu, gpu = (write_config(tmp_path, mnist_data_dir, name, **plain) for name in ("cpu", "gpu"))
+    assert main([cpu]) == 0 and main([gpu, "--device", "gpu"]) == 0
+    a, b = saved_arrays(tmp_path / "cpu.pkl"), saved_arrays(tmp_path / "gpu.pkl")
+    for k in a:                                                  # other sums, the same training
+        assert np.linalg.norm(a[k] - b[k]) <= 1e-3 * np.linalg.norm(a[k]) + 1e-6, k
+    for task in ("test", "plot", "summary"):
+        assert main([gpu, "--device", "gpu", "--task", task]) == 0
