@@ -24,10 +24,10 @@ from layers import broken_files
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
 
-TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck")
+TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck", "tune")
 
 DEFAULTS = {
-    "task": "train",            # train | test | plot | summary | predict | gradcheck
+    "task": "train",            # train | test | plot | summary | predict | gradcheck | tune
     "dataset": "mnist",         # a name in datasets.DATASETS: mnist, fashion_mnist, npz, csv or your own
     "dataset_args": {},         # the dataset's arguments, e.g. {"path": "my_data.npz"} for npz
     "data_dir": "data",         # where downloaded data is cached
@@ -58,8 +58,19 @@ DEFAULTS = {
     "input": [],                # predict: image files (PNG, JPEG or .npy)
     "save_prepared": False,     # predict: write the 28x28 image fed to the network into plot_dir
     "augment": None,            # None: off; {"shift": pixels, "rotate": degrees, "scale": fraction}
+    "tune": None,               # tune task: the search space and the study, see TUNE_DEFAULTS and tune.py
 }
 AUGMENT_DEFAULTS = {"shift": 0, "rotate": 0, "scale": 0}   # a key missing from "augment"
+TUNE_DEFAULTS = {
+    "space": {},                # dotted key -> {"float": [low, high], "log": bool}, {"int": ...} or {"choices": ...}
+    "trials": 20,               # trials the study runs in all, over every command and worker
+    "workers": 1,               # worker processes this command runs (--workers)
+    "sampler": "tpe",           # tpe | random | grid (grid: every combination of the choices, once)
+    "pruner": "median",         # median | none: stop a trial whose validation accuracy is below the median
+    "study": None,              # None: the config file's name
+    "storage": None,            # None: sqlite in the study's folder; or a database URL (postgresql://...)
+    "heartbeat": 30,            # seconds between a running trial's heartbeats; silent for 2x that: failed, retried
+}
 
 # What other tools (Keras, PyTorch, scikit-learn) call a key or argument of this project, in lower
 # case. Spelling alone would lead elsewhere: difflib suggests 'decay_rate' for 'learning_rate'.
@@ -165,6 +176,15 @@ def _object(checks, defaults=None):
     return check
 
 
+def _object_of_anything():
+    """An object whose values are checked elsewhere (the tune task checks its search space)."""
+    def check(key, value):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected an object, got {_describe(value)}")
+        return value
+    return check
+
+
 def _string():
     def check(key, value):
         if not isinstance(value, str) or not value:
@@ -202,6 +222,10 @@ CHECKS = {
     "save_prepared": _boolean(),
     "augment": _optional(_object({"shift": _integer(0), "rotate": _number(0, 180), "scale": _number(0, 0.5)},
                                  AUGMENT_DEFAULTS)),
+    "tune": _optional(_object({"space": _object_of_anything(), "trials": _integer(1), "workers": _integer(1),
+                               "sampler": _choice(("tpe", "random", "grid")), "pruner": _choice(("median", "none")),
+                               "study": _optional(_string()), "storage": _optional(_string()),
+                               "heartbeat": _integer(1)}, TUNE_DEFAULTS)),
 }
 
 

@@ -1,4 +1,5 @@
-"""Command line: python3 main.py CONFIG.json [--task T] [--set KEY=VALUE ...] [--resume] [-v | -q].
+"""Command line: python3 main.py CONFIG.json [--task T] [--set KEY=VALUE ...] [--resume] [-v | -q]
+                                 [--trials N] [--workers N].
 
 Parses the options, loads the config and hands it to the engine; no training logic lives here.
 Exit status: 0 on success, 2 with one line `error: ...` for any bad input, 130 when interrupted
@@ -44,6 +45,10 @@ def parse_args(argv):
     parser.add_argument("--device", choices=DEVICES, default=None,
                         help="where to compute: cpu (numpy) or gpu (CuPy on an NVIDIA GPU) "
                              "(default: the config's \"device\", itself 'cpu' by default)")
+    parser.add_argument("--trials", type=int, default=None, metavar="N",
+                        help="tune: trials the study runs in all (default: the config's tune.trials, 20)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="tune: worker processes on this machine (default: the config's tune.workers, 1)")
     parser.add_argument("--resume", action="store_true",
                         help="continue training from the checkpoint beside model_file: an interrupted run, "
                              "or a finished one to a larger num_epochs (default: start afresh)")
@@ -87,14 +92,21 @@ def main(argv=None):
         overrides = args.overrides + [f"{key}={value}" for key, value in (
             ("input", json.dumps(args.input) if args.input else None),
             ("save_prepared", "true" if args.save_prepared else None),
-            ("show", "true" if args.show else None), ("device", args.device)) if value is not None]
+            ("show", "true" if args.show else None), ("device", args.device), ("tune.trials", args.trials),
+            ("tune.workers", args.workers)) if value is not None]
         config = load_config(args.config, overrides, args.task)
         config["log_level"] = min(3, max(0, config["log_level"] + args.verbose - args.quiet))
         try:
             log = Logger(config["log_level"], config["log_file"])
         except OSError as err:
             raise ConfigError(f"log_file: cannot open {config['log_file']}: {err.strerror}") from None
-        Engine(config, log).run(args.resume)
+        if config["task"] == "tune":
+            if args.resume:
+                raise ConfigError("--resume: the tune task continues its study by itself; run the same command again")
+            import tune                           # imports Optuna, which only this task needs
+            tune.run(args.config, overrides, config, log)
+        else:
+            Engine(config, log).run(args.resume)
     except ConfigError as err:
         _tell(log, f"error: {err}")
         return 2

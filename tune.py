@@ -1,0 +1,554 @@
+"""The tune task: a hyperparameter search with Optuna, each trial an ordinary training run.
+
+    python3 main.py configs/tune_seed_mlp.json --task tune [--trials N] [--workers N]
+
+The config is a training config plus a `tune` section (keys and defaults in config.TUNE_DEFAULTS).
+Its `space` maps keys that `--set` can reach to what to try:
+    "lr":                 {"float": [0.01, 1.0], "log": true}     a float range, here on a log scale
+    "num_epochs":         {"int": [10, 40]}                       an integer range (inclusive)
+    "optimizer.name":     {"choices": ["sgd", "momentum"]}        a list of values
+    "network.0.n_out,network.2.n_in": {"int": [64, 512]}         several keys, one value
+Trial k of a study is the config with its sampled values set (as `--set` would), its own seed
+(derived from the study's `seed` and k) and its model file in the study's folder (`model_file`
+without `.pkl`); the engine trains it, with every check a training run has, and reports each
+validation accuracy to the pruner. The trial's value is its best validation accuracy: the test
+set is never evaluated.
+
+The study lives in a database: by default a SQLite file in the study's folder, or any URL
+Optuna's RDB storage takes (postgresql://... for several machines). Its trials are made up front
+as WAITING trials, one per "slot" 0..trials-1 (a user attribute). A worker takes one at a time,
+and the database turns a WAITING trial into a RUNNING one for one worker only, so however many
+workers, commands and machines share the study, each slot runs once, and running the command
+again continues where the study stopped.
+
+A slot's trial that is lost (Ctrl-C, SIGKILL, data that cannot be read) is recorded as FAIL
+without a "failure" attribute and copied to a new WAITING trial with the same values and seed,
+by this module (Ctrl-C) or by Optuna's heartbeat (a worker that stopped beating for two
+heartbeats). A trial that fails on its own account (training diverges) keeps FAIL with its
+reason in "failure", and the study goes on.
+
+This is the only module that imports Optuna; nothing else in the project needs it installed.
+"""
+import copy
+import hashlib
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import warnings
+
+import numpy as np
+
+from config import apply_override, read_json, validate
+from engine import Engine, Interrupted, stop_requests
+from errors import ConfigError, DataError
+from log import Logger
+from model import build_model
+from utils import atomic_write
+
+try:
+    import optuna
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+    from optuna.trial import TrialState
+except ImportError as err:                     # this task only: the others never import this module
+    raise ConfigError(f"the tune task needs optuna ({err}): pip install -r requirements.txt") from None
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)   # heartbeat, plots
+BEST_SHOWN = 5                                  # rows of the final table
+SETUP_WAIT = 30                                 # seconds to wait for the command that creates the study
+
+
+class Surplus(Exception):
+    """A trial made when no WAITING slot was left (two workers asked at once): it runs nothing."""
+
+
+class TrialFailed(Exception):
+    """The trial's own failure (divergence, values the checks refuse): recorded, the study goes on."""
+
+
+# ---- the plan: everything checked before any trial ------------------------------------------
+
+def run(config_path, overrides, config, log):
+    """The tune task: checks the search space and the database, runs the trials with
+    `tune.workers` processes, then prints the best trials and writes best.json and the plots
+    (when it is interrupted too, from the trials finished so far)."""
+    plan = make_plan(config_path, overrides, config)
+    study, created = open_study(plan)
+    add_slots(study, plan, created)
+    log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials, "
+             f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
+    try:
+        if plan["workers"] == 1:
+            work(plan, study, log)
+        else:
+            run_workers(plan, log)
+    except Interrupted:
+        report(plan, study, log)                # the best trials so far
+        raise
+    report(plan, study, log)
+
+
+def make_plan(config_path, overrides, config):
+    """Everything a worker needs, as plain data (it travels to worker processes), checked."""
+    c, t = config, config["tune"]
+    if not t or not t["space"]:
+        raise ConfigError('tune.space: the tune task needs a search space, e.g. "tune": {"space": '
+                          '{"lr": {"float": [0.01, 1.0], "log": true}}}')
+    if not c["valid_size"]:
+        raise ConfigError("valid_size: the tune task scores trials on the validation split; expected > 0, got 0")
+    space = {key: parse_entry(f"tune.space.{key}", entry) for key, entry in t["space"].items()}
+    for key in space:
+        for reserved in {k.strip().split(".")[0] for k in key.split(",")} & {"seed", "model_file", "task", "tune"}:
+            raise ConfigError(f"tune.space.{key}: {reserved} is set by the tune task for each trial, not searched")
+    raw = read_json(config_path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    raw.pop("tune", None)
+    raw.pop("task", None)
+    for key, entry in space.items():
+        check_values(raw, key, entry, config_path)
+    folder = os.path.splitext(c["model_file"])[0]
+    Engine(c, Logger(0)).check_writable(os.path.join(folder, "study.db"), "model_file")
+    trials = t["trials"]
+    if t["sampler"] == "grid":
+        if any("choices" not in entry for entry in space.values()):
+            raise ConfigError("tune.sampler: grid searches lists of choices only; give every key of tune.space "
+                              "as {\"choices\": [...]}, or use tpe or random")
+        trials = int(np.prod([len(entry["choices"]) for entry in space.values()]))    # each combination once
+    url = t["storage"] or "sqlite:///" + os.path.abspath(os.path.join(folder, "study.db"))
+    return {"config_path": config_path, "raw": raw, "space": space, "folder": folder, "url": url,
+            "storage_given": t["storage"] is not None,
+            "shown_url": shown(url), "name": t["study"] or os.path.splitext(os.path.basename(config_path))[0],
+            "trials": trials, "workers": t["workers"], "sampler": t["sampler"], "pruner": t["pruner"],
+            "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": c["plot_dir"],
+            "log_level": c["log_level"], "log_file": c["log_file"]}
+
+
+def parse_entry(key, entry):
+    """One search-space entry, checked: {"float": [low, high], "log": bool}, {"int": [low, high],
+    "log": bool} or {"choices": [value, ...]} (numbers, strings, true, false or null)."""
+    kinds = [kind for kind in ("float", "int", "choices") if isinstance(entry, dict) and kind in entry]
+    if len(kinds) != 1:
+        raise ConfigError(f'{key}: expected one of {{"float": [low, high]}}, {{"int": [low, high]}} or '
+                          f'{{"choices": [...]}}, got {json.dumps(entry)}')
+    kind = kinds[0]
+    allowed = {"choices"} if kind == "choices" else {kind, "log"}
+    for name in entry:
+        if name not in allowed:
+            raise ConfigError(f"{key}.{name}: unknown key (keys: {', '.join(sorted(allowed))})")
+    if kind == "choices":
+        choices = entry["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{key}.choices: expected a non-empty list, got {json.dumps(choices)}")
+        if not all(v is None or isinstance(v, (bool, int, float, str)) for v in choices):
+            raise ConfigError(f"{key}.choices: expected numbers, strings, true, false or null, "
+                              f"got {json.dumps(choices)}")
+        return {"choices": choices}
+    bounds, log = entry[kind], entry.get("log", False)
+    number = int if kind == "int" else (int, float)
+    if (not isinstance(bounds, list) or len(bounds) != 2
+            or not all(isinstance(b, number) and not isinstance(b, bool) for b in bounds)):
+        raise ConfigError(f"{key}.{kind}: expected [low, high], two {'integers' if kind == 'int' else 'numbers'}, "
+                          f"got {json.dumps(bounds)}")
+    low, high = bounds
+    if low > high:
+        raise ConfigError(f"{key}.{kind}: low {low} is above high {high}")
+    if not isinstance(log, bool):
+        raise ConfigError(f"{key}.log: expected true or false, got {json.dumps(log)}")
+    if log and low <= 0:
+        raise ConfigError(f"{key}.{kind}: a log scale needs low > 0, got {low}")
+    return {kind: [low, high], "log": log}
+
+
+def check_values(raw, key, entry, config_path):
+    """Each choice, or both ends of a range, set into the config as `--set` would, must pass the
+    config check and build a network that fits the data; else one ConfigError naming the key."""
+    for value in entry.get("choices") or entry.get("float") or entry.get("int"):
+        try:
+            config = trial_config(raw, {key: value}, config_path)
+            engine = Engine(config, Logger(0))
+            engine.check_fits(build_model(config["network"], engine.dtype, engine.rng, config["network_names"]))
+        except ConfigError as err:
+            raise ConfigError(f"tune.space.{key}: the value {json.dumps(value)} is refused: {err}") from None
+
+
+def trial_config(raw, params, config_path, **fixed):
+    """The validated config of a trial: `raw` with the values of `params` set, then the `fixed`
+    keys (seed, model_file)."""
+    raw = with_params(raw, params)
+    raw.update(fixed, task="train")
+    return validate(raw, config_path)
+
+
+def with_params(raw, params):
+    """A copy of `raw` with each value of `params` set as `--set KEY=VALUE` would set it; a name
+    with commas sets each of its keys."""
+    raw = copy.deepcopy(raw)
+    for name, value in params.items():
+        for key in name.split(","):
+            apply_override(raw, f"{key.strip()}={json.dumps(value)}")
+    return raw
+
+
+def trial_seed(study_seed, slot):
+    """Slot k's seed: numpy's SeedSequence of (study seed, k), so seeds of nearby slots or of
+    studies with nearby seeds share nothing; a retried trial gets its slot's seed again."""
+    return int(np.random.SeedSequence([study_seed, slot]).generate_state(1)[0])
+
+
+def shown(url):
+    """The database URL as it may be printed: without its password."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+# ---- the study in its database -----------------------------------------------------------------
+
+def open_study(plan):
+    """(the study in plan["url"], whether this call created it); ConfigError if the database
+    cannot be reached."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)          # the trial lines below say it all
+    url = plan["url"]
+    if not plan["storage_given"]:               # the SQLite file in the study's folder, made here
+        try:
+            os.makedirs(plan["folder"], exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"model_file: cannot create the study's folder {plan['folder']}: {err.strerror}") from None
+    if url.startswith("postgresql://"):         # SQLAlchemy 2.1 would look for psycopg 3; we install psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if url.startswith(
+        "postgresql") else {}                                      # sqlite: wait for other workers' writes
+    try:
+        storage = rdb_storage(url, plan["heartbeat"], connect)
+        try:                                    # the database lets one command create it
+            study, created = optuna.create_study(study_name=plan["name"], storage=storage, direction="maximize",
+                                                 pruner=make_pruner(plan)), True
+        except optuna.exceptions.DuplicatedStudyError:
+            study, created = optuna.load_study(study_name=plan["name"], storage=storage,
+                                               pruner=make_pruner(plan)), False
+        study.sampler = make_sampler(plan)
+        return study, created
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"tune.storage: cannot open the database {plan['shown_url']}: {reason}") from None
+
+
+def rdb_storage(url, heartbeat, connect, tries=3):
+    """Optuna's storage in the database at `url`, whose tables it creates when they are missing;
+    two commands creating them at once collide, and the one that lost tries again."""
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs={"connect_args": connect}, heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback())
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(1)
+
+
+def make_sampler(plan):
+    """The sampler, with a seed of this process's own (from the study's seed, the machine's name
+    and the process id), so that no two workers, here or elsewhere, draw the same values. The
+    draws of a search are not repeatable; each trial is (its values and seed are in the storage)."""
+    text = f"{plan['seed']} {socket.gethostname()} {os.getpid()}"
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    if plan["sampler"] == "grid":
+        return optuna.samplers.GridSampler({key: e["choices"] for key, e in plan["space"].items()}, seed=seed)
+    if plan["sampler"] == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)   # running trials count as middling
+
+
+def make_pruner(plan):
+    """median: after 5 finished trials, stop a trial whose validation accuracy at an epoch is
+    below the median of the other trials' at that epoch."""
+    return optuna.pruners.MedianPruner() if plan["pruner"] == "median" else optuna.pruners.NopPruner()
+
+
+def slot_trials(study):
+    """{slot: its trials, oldest first}; surplus trials are left out."""
+    slots = {}
+    for trial in study.get_trials(deepcopy=False):
+        if "slot" in trial.user_attrs and not trial.user_attrs.get("surplus"):
+            slots.setdefault(trial.user_attrs["slot"], []).append(trial)
+    return slots
+
+
+def is_lost(trial):
+    """A FAIL that was not the trial's own doing (interrupted, killed): its slot runs again."""
+    return trial.state == TrialState.FAIL and "failure" not in trial.user_attrs
+
+
+def add_slots(study, plan, created):
+    """One WAITING trial for each slot the study does not have yet, then the study's attribute
+    "trials" set to their number. A command that did not create the study first waits for the
+    one that did to have done so (machines started at once), so no slot is made twice. Trials
+    of earlier commands whose heartbeat stopped long ago are failed and queued again."""
+    optuna.storages.fail_stale_trials(study)
+    deadline = time.monotonic() + SETUP_WAIT
+    while not created and "trials" not in study.user_attrs and time.monotonic() < deadline:
+        time.sleep(0.2)
+    planned = study.user_attrs.get("trials", 0)
+    if plan["trials"] < planned:
+        raise ConfigError(f"tune.trials: study {plan['name']} already has {planned} trials; "
+                          f"expected {planned} or more, got {plan['trials']}")
+    have = slot_trials(study)
+    with stop_requests() as stop:               # Ctrl-C waits for the few writes below
+        for slot in range(plan["trials"]):
+            if slot not in have:
+                study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"slot": slot}))
+        if plan["trials"] != planned:
+            study.set_user_attr("trials", plan["trials"])
+    if stop.is_set():
+        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+
+
+# ---- workers ------------------------------------------------------------------------------------
+
+def work(plan, study, log):
+    """Runs WAITING trials until none is left and no other worker's trial is running (one of
+    them may stop beating and come back as WAITING). SIGINT or SIGTERM stops the running trial,
+    which is queued again, and raises Interrupted."""
+    trial_log = Logger(max(0, plan["log_level"] - 1), plan["log_file"])   # -v shows the trials' epochs
+    try:
+        with stop_requests() as stop:
+            while not stop.is_set():
+                optuna.storages.fail_stale_trials(study)
+                states = [t.state for t in study.get_trials(deepcopy=False)]
+                if TrialState.WAITING in states:
+                    run_one_trial(plan, study, log, trial_log, stop)
+                elif TrialState.RUNNING in states:
+                    stop.wait(min(5, plan["heartbeat"]))
+                else:
+                    return
+    finally:
+        trial_log.close()
+    raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+
+
+def run_one_trial(plan, study, log, trial_log, stop):
+    """Runs one trial through study.optimize (which keeps its heartbeat) and prints its line."""
+    ran = {}
+
+    def objective(trial):
+        ran["trial"] = trial
+        return train_trial(plan, study, trial, trial_log, stop)
+
+    try:
+        study.optimize(objective, n_trials=1, catch=(TrialFailed, Surplus))
+    except (Interrupted, KeyboardInterrupt, DataError) as err:
+        if "trial" in ran:                           # recorded FAIL by Optuna: queue its slot again
+            frozen = find_trial(study, ran["trial"].number)
+            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
+            log.info(trial_line(frozen, plan) + ": stopped, runs again when the study continues")
+        if isinstance(err, DataError):
+            raise
+        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}") from None
+    frozen = find_trial(study, ran["trial"].number)
+    if not frozen.user_attrs.get("surplus"):
+        log.info(trial_line(frozen, plan))
+
+
+def train_trial(plan, study, trial, trial_log, stop):
+    """The objective: trains the trial's config and returns its best validation accuracy,
+    reporting each validation to the pruner."""
+    slot = trial.user_attrs.get("slot")
+    if slot is None or holds_slot_elsewhere(study, trial, slot):
+        trial.set_user_attr("surplus", True)
+        raise Surplus(f"trial {trial.number}: no slot left to run")
+    params = {key: suggest(trial, key, entry) for key, entry in plan["space"].items()}
+    seed = trial_seed(plan["seed"], slot)
+    model_file = os.path.join(plan["folder"], f"trial_{trial.number}.pkl")
+    trial.set_user_attr("seed", seed)
+
+    def on_epoch(record):
+        if stop.is_set():                            # a signal that came between two trainings
+            raise Interrupted(f"interrupted in trial {trial.number}")
+        if record["valid_accuracy"] is not None:
+            trial.report(record["valid_accuracy"], record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation accuracy {100 * record['valid_accuracy']:.2f}% "
+                                         f"at epoch {record['epoch']}")
+
+    try:
+        config = trial_config(plan["raw"], params, plan["config_path"], seed=seed, model_file=model_file)
+        history = Engine(config, trial_log).train(on_epoch=on_epoch)
+    except DataError:
+        raise                                        # not the trial's fault: the study stops
+    except ConfigError as err:                       # diverged, or values the checks refuse together
+        trial.set_user_attr("failure", str(err))
+        raise TrialFailed(str(err)) from None
+    finally:                                         # a trial is never resumed: a stopped one runs again
+        remove_checkpoint(model_file)
+    best = max((r for r in history if r["valid_accuracy"] is not None), key=lambda r: r["valid_accuracy"])
+    trial.set_user_attr("best_epoch", best["epoch"])
+    return best["valid_accuracy"]
+
+
+def holds_slot_elsewhere(study, trial, slot):
+    """Whether an older trial already holds this slot (two commands that started a new study at
+    the same moment may both have made it): one that is not lost."""
+    return any(other.number < trial.number and not is_lost(other) for other in slot_trials(study).get(slot, []))
+
+
+def suggest(trial, key, entry):
+    if "choices" in entry:
+        return trial.suggest_categorical(key, entry["choices"])
+    if "int" in entry:
+        return trial.suggest_int(key, *entry["int"], log=entry["log"])
+    return trial.suggest_float(key, *entry["float"], log=entry["log"])
+
+
+def find_trial(study, number):
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def remove_checkpoint(model_file):
+    """The engine leaves a checkpoint beside each model, for --resume to continue or extend the run;
+    a trial never is (a stopped one runs again from its start), so its checkpoint goes."""
+    path = os.path.splitext(model_file)[0] + ".ckpt"
+    if os.path.exists(path):
+        os.unlink(path)
+
+
+def run_workers(plan, log):
+    """`workers` processes, each running `work` on the same study. They run in sessions of their
+    own, so Ctrl-C reaches this process only, which passes each signal on once."""
+    context = multiprocessing.get_context("spawn")    # a fresh interpreter: no database connection shared
+    errors = context.SimpleQueue()
+    processes = [context.Process(target=worker_process, args=(plan, errors), name=f"worker {i}")
+                 for i in range(plan["workers"])]
+    for p in processes:
+        p.start()
+
+    def pass_on(signum, frame):
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+
+    previous = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for p in processes:
+            while p.is_alive():
+                p.join(0.2)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    for p in processes:
+        if p.exitcode < 0:
+            log.warning(f"{p.name} was killed by signal {-p.exitcode}; its trial runs again once its heartbeat "
+                        f"is {2 * plan['heartbeat']} s old")
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    if messages:
+        raise ConfigError(messages[0])
+    if any(p.exitcode == 130 for p in processes):
+        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+
+
+def worker_process(plan, errors):
+    """One worker process: exit status 0 done, 130 interrupted, 2 with its message in `errors`."""
+    os.setsid()
+    log = Logger(plan["log_level"], plan["log_file"])
+    try:
+        work(plan, open_study(plan)[0], log)
+    except ConfigError as err:
+        errors.put(str(err))
+        raise SystemExit(2)
+    except (Interrupted, KeyboardInterrupt):
+        raise SystemExit(130)
+    finally:
+        log.close()
+
+
+# ---- what the study found ---------------------------------------------------------------------
+
+def trial_line(trial, plan):
+    """trial 3  lr=0.05 num_epochs=20  valid 97.84% (epoch 12)  complete  41.2s"""
+    params = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                      for key, value in trial.params.items())
+    retry = trial.system_attrs.get("failed_trial")
+    line = f"trial {trial.number}" + (f" (again, for trial {retry})" if retry is not None else "") + f"  {params}"
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    if trial.state == TrialState.COMPLETE:
+        line += f"  valid {100 * trial.value:.2f}% (epoch {trial.user_attrs['best_epoch']})  complete"
+    elif trial.state == TrialState.PRUNED:
+        epoch, value = max(trial.intermediate_values.items()) if trial.intermediate_values else (0, 0.0)
+        line += f"  valid {100 * value:.2f}% at epoch {epoch}  pruned"
+    elif "failure" in trial.user_attrs:
+        line += f"  failed: {trial.user_attrs['failure']}"
+    else:
+        line += f"  {trial.state.name.lower()}"
+    return line + f"  {seconds:.1f}s"
+
+
+def report(plan, study, log):
+    """Counts, the table of the best trials, best.json and the plots."""
+    finals = [trials[-1] for trials in slot_trials(study).values()]      # the slot's last attempt
+    count = {state: sum(t.state == state for t in finals) for state in TrialState}
+    complete = sorted((t for t in finals if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    unfinished = "".join(f", {count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s])
+    log.result(f"study {plan['name']}: {len(finals)} trials, {count[TrialState.COMPLETE]} complete, "
+               f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{unfinished}")
+    if not complete:
+        return
+    keys = list(plan["space"])
+    rows = [["trial", "valid", "epoch", "seconds", *keys]]
+    for t in complete[:BEST_SHOWN]:
+        rows.append([str(t.number), f"{100 * t.value:.2f}%", str(t.user_attrs["best_epoch"]),
+                     f"{t.duration.total_seconds():.0f}" if t.duration else "",
+                     *[f"{t.params[k]:.4g}" if isinstance(t.params[k], float) else str(t.params[k]) for k in keys]])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    log.result("best trials (validation accuracy):")
+    for row in rows:
+        log.result("  " + "  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
+    best = complete[0]
+    path = write_best(plan, best)
+    log.result(f"wrote {path}: trial {best.number}'s config, ready to train")
+    for path in draw(plan, study, log):
+        log.result(f"wrote {path}")
+
+
+def write_best(plan, trial):
+    """best.json: the config of `trial` (its values and seed), without the tune section."""
+    raw = with_params(plan["raw"], trial.params)
+    raw["seed"] = trial.user_attrs["seed"]
+    path = os.path.join(plan["folder"], "best.json")
+    with atomic_write(path, "w") as f:
+        json.dump(raw, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def draw(plan, study, log):
+    """Optuna's matplotlib pictures: the best accuracy so far, the parameters' importances, and
+    the accuracy against each parameter. One that cannot be drawn yet is skipped with a note."""
+    import plots
+    from optuna.visualization import matplotlib as pictures
+    plt = plots.pyplot(False)
+    paths = []
+    for name, picture in (("history", pictures.plot_optimization_history),
+                          ("importances", pictures.plot_param_importances), ("slice", pictures.plot_slice)):
+        path = os.path.join(plan["plot_dir"], f"tune_{name}.png")
+        try:
+            with warnings.catch_warnings():          # matplotlib's notes on a parameter with one value tried
+                warnings.simplefilter("ignore", UserWarning)
+                axes = np.ravel(picture(study))      # one Axes, or one per parameter
+        except (ValueError, RuntimeError) as err:
+            log.info(f"{path} skipped: {err}")
+            continue
+        figure = axes[0].figure
+        figure.set_size_inches(max(6.4, 3.2 * len(axes)), 4.8)
+        with atomic_write(path) as f:           # tight: the legends Optuna puts beside the axes
+            figure.savefig(f, format="png", dpi=plots.DPI, bbox_inches="tight")
+        plt.close(figure)
+        paths.append(path)
+    return paths
