@@ -65,8 +65,8 @@ def map_arrays(fn, tree):
 class HostRandom:
     """Random arrays drawn on the host by a numpy Generator and copied to a device.
 
-    It offers the Generator methods the project uses (`random`, `uniform`, `integers`),
-    with the same arguments, so Dropout and the augmentation call it as they call `rng`.
+    It offers the Generator methods a layer or the augmentation may use (`random`, `uniform`,
+    `normal`, `integers`), with the same arguments, so they call it as they call `rng`.
     """
 
     def __init__(self, rng, to_device):
@@ -77,6 +77,9 @@ class HostRandom:
 
     def uniform(self, low=0.0, high=1.0, size=None):
         return self.to_device(self.rng.uniform(low, high, size))
+
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        return self.to_device(self.rng.normal(loc, scale, size))
 
     def integers(self, low, high=None, size=None):
         return self.to_device(self.rng.integers(low, high, size))

@@ -1,8 +1,11 @@
 """Optimizers and learning-rate schedules.
 
 An optimizer updates parameters in place from their gradients, both given as dicts keyed by
-the same dotted names (`Model.params`, `Model.grads`), and keeps its own state per name. It
-never sees a layer. A schedule maps the epoch number (1-based) to a learning rate.
+the same names, and keeps its own state per name. It never sees a layer. The trainer gives it
+`Model.packed_params` and `Model.packed_grads`: the whole network in one flat array named
+"all" (see `Model.pack`), so its state is one array per running average; every update below is
+elementwise, so that gives the same numbers as one entry per parameter (`Model.params`).
+A schedule maps the epoch number (1-based) to a learning rate.
 
 Optimizers are looked up by lower-case class name: config `{"name": "adam", "beta1": 0.9}`
 builds `Adam(lr=..., beta1=0.9)`.
