@@ -2,8 +2,8 @@
 
 The engine is where the parts meet: config -> model (model.py), optimizer and schedule
 (optim.py), data (datasets/), files (utils.py), messages (log.py). Training happens here; the
-tasks that only look at a network (test, plot, predict, summary) live in tasks.py and get
-their model, data and checks from the engine.
+tasks that only look at a network (test, plot, predict, summary, gradcheck) live in tasks.py
+and get their model, data and checks from the engine.
 
 The training step itself is `train_step`: forward, loss, backward, update. Around it,
 `Engine.train_epoch` keeps the books (shuffling, running loss and accuracy, progress, Ctrl-C)
@@ -100,6 +100,10 @@ def train_step(model, loss, optimizer, x, y, clip_norm=None):
 
 
 class Engine:
+    """One run of a validated config: holds the config, the log, the dtype, the run's random
+    generator, the dataset (and its shapes) and the array backend. `run` dispatches the task;
+    `train` and the tasks of tasks.py use it for the model, the data and the checks."""
+
     def __init__(self, config, log):
         self.config, self.log = config, log
         self.dtype = np.dtype(config["dtype"])
