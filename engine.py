@@ -2,8 +2,8 @@
 
 The engine is where the parts meet: config -> model (model.py), optimizer and schedule
 (optim.py), data (datasets/), files (utils.py), messages (log.py). Training happens here; the
-tasks that only look at a network (test, plot, predict, summary) live in tasks.py and get
-their model, data and checks from the engine.
+tasks that only look at a network (test, plot, predict, summary, gradcheck) live in tasks.py
+and get their model, data and checks from the engine.
 
 The training step itself is `train_step`: forward, loss, backward, update. Around it,
 `Engine.train_epoch` keeps the books (shuffling, running loss and accuracy, progress, Ctrl-C)
@@ -100,6 +100,10 @@ def train_step(model, loss, optimizer, x, y, clip_norm=None):
 
 
 class Engine:
+    """One run of a validated config: holds the config, the log, the dtype, the run's random
+    generator, the dataset (and its shapes) and the array backend. `run` dispatches the task;
+    `train` and the tasks of tasks.py use it for the model, the data and the checks."""
+
     def __init__(self, config, log):
         self.config, self.log = config, log
         self.dtype = np.dtype(config["dtype"])
@@ -206,14 +210,12 @@ class Engine:
         c = self.config
         model, loss = build_trainable(c["network"], c["loss"], self.dtype, self.rng, c["network_names"])
         model.skip_input_grad()
-        self.check_fits(model)
-        self.check_writable(c["model_file"])
+        self.check_fits(model)                         # model_file is checked by the caller (run(), tune.py)
         optimizer = self.build_optimizer()
-        if not resume and os.path.exists(self.checkpoint_path()):
-            if not self.finished_checkpoint():
-                raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
-                                  "or delete it to start afresh")
-            os.unlink(self.checkpoint_path())          # this run replaces the one --resume could have extended
+        replaces = not resume and os.path.exists(self.checkpoint_path())   # a finished run's, that --resume extends
+        if replaces and not self.finished_checkpoint():
+            raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
+                              "or delete it to start afresh")
         progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
         self.to_device(model).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
@@ -230,6 +232,10 @@ class Engine:
                                              c["start_epoch_decay"], c["warmup_epochs"])
                 start = time.perf_counter()
                 self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop)
+                if replaces:         # kept until this run writes files of its own, so a failed start loses nothing
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.checkpoint_path())
+                    replaces = False
                 record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
                           "train_accuracy": progress["correct"] / len(x_train),
                           "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
@@ -342,6 +348,10 @@ class Engine:
                               "only num_epochs may change, to train longer: resume with the run's config, "
                               "or train without --resume")
         progress, epochs, then = payload["progress"], self.config["num_epochs"], payload["config"]["num_epochs"]
+        if not is_finished(progress, then) and epochs < then:
+            raise ConfigError(f"--resume: the run was interrupted in epoch {progress['epoch']}; num_epochs may only "
+                              f"grow, to train longer (num_epochs {then} -> {epochs}): resume with num_epochs {then} "
+                              "or more, or train without --resume")
         if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
             ended = "stopped early" if progress["stopped"] else "has trained"
             raise ConfigError(f"--resume: the run {ended} after {progress['epoch'] - 1} epochs (num_epochs {then}); "
@@ -355,11 +365,11 @@ class Engine:
 
     def finished_checkpoint(self):
         """Whether the checkpoint beside model_file is that of a run that ended (kept for --resume
-        to extend), not of an interrupted one."""
+        to extend), not of an interrupted one. One that cannot be read raises its ModelFileError."""
+        payload = read_pickle(self.checkpoint_path(), what="checkpoint", hint="delete it to start afresh")
         try:
-            payload = read_pickle(self.checkpoint_path(), what="checkpoint")
-            return payload["progress"]["epoch"] > payload["config"]["num_epochs"] or payload["progress"]["stopped"]
-        except (ModelFileError, KeyError, TypeError):
+            return is_finished(payload["progress"], payload["config"]["num_epochs"])
+        except (KeyError, TypeError):
             return False
 
     def history_path(self):
@@ -379,6 +389,12 @@ class Engine:
     def save_history(self, history):
         with atomic_write(self.history_path(), "w") as f:
             json.dump(history, f, indent=1)
+
+
+def is_finished(progress, num_epochs):
+    """Whether a run with this progress ended (all num_epochs trained, or stopped early), rather
+    than was interrupted."""
+    return progress["epoch"] > num_epochs or progress["stopped"]
 
 
 def epoch_line(record, num_epochs):

@@ -5,6 +5,7 @@
 checks at build time that the layers chain, and prints a summary. It knows nothing of
 configs, files or data.
 """
+import contextlib
 import inspect
 import re
 
@@ -15,6 +16,23 @@ from layers import broken_files
 from nn_module import LOSSES, CrossEntropyLoss, NNModule, Softmax, SoftmaxCrossEntropyLoss, get_module
 
 EVAL_BATCH = 1000      # examples per forward pass when a whole split is evaluated
+
+
+def default_names(count):
+    """The names of layers that the config did not name: "network[0]", "network[1]", ..."""
+    return [f"network[{i}]" for i in range(count)]
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """The model in eval mode for the `with` block; the mode it was in is restored on the way
+    out, an exception included."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class Model(NNModule):
@@ -28,7 +46,7 @@ class Model(NNModule):
     def __init__(self, layers, names=None):
         super().__init__(layers[0].dtype if layers else np.float32)
         self.layers = list(layers)
-        self.names = list(names) if names is not None else [f"network[{i}]" for i in range(len(layers))]
+        self.names = list(names) if names is not None else default_names(len(layers))
         self.gather()
         self.packed_params, self.packed_grads = self.params, self.grads     # what an optimizer updates
 
@@ -65,6 +83,8 @@ class Model(NNModule):
         return self
 
     def map_arrays(self, fn):
+        """Replaces every layer's arrays with fn(array) (as moving to a device does), then gathers
+        the new arrays under their dotted names; call pack() afterwards, not before."""
         for layer in self.layers:
             layer.map_arrays(fn)
         self.gather()
@@ -104,10 +124,11 @@ class Model(NNModule):
 
         Raises ConfigError naming the first layer that does not accept what arrives.
         """
-        was_training = self.training
-        self.eval()
-        x, shapes = np.zeros((1, *input_shape), self.dtype), []
-        try:
+        first = next(iter(self.params.values()), None)      # the probe is made where the parameters are
+        x = np.zeros((1, *input_shape), self.dtype) if first is None else np.zeros_like(
+            first, dtype=self.dtype, shape=(1, *input_shape))
+        shapes = []
+        with evaluating(self):
             for i, (layer, name) in enumerate(zip(self.layers, self.names)):
                 try:
                     x = layer.forward(x)
@@ -116,8 +137,6 @@ class Model(NNModule):
                     raise ConfigError(f"{name} ({type(layer).__name__}) does not fit: {err}; "
                                       f"{arriving} {tuple(x.shape[1:])} per example") from None
                 shapes.append(tuple(x.shape[1:]))
-        finally:
-            self.train(was_training)
         return shapes
 
     def summary(self, input_shape):
@@ -136,6 +155,7 @@ class Model(NNModule):
                           f"Total params: {total:,}", f"Total mult-adds per example: {sum(macs):,}"])
 
     def multiply_adds_per_example(self, input_shape):
+        """The multiply-adds of one forward pass of one example, summed over the layers."""
         return sum(layer.multiply_adds(shape) for layer, shape in zip(self.layers, self.output_shapes(input_shape)))
 
 
@@ -145,7 +165,7 @@ def build_model(network, dtype=np.float32, rng=None, names=None):
     Each layer is `cls(**arguments)`, plus `dtype` and, for layers that draw random numbers, `rng`.
     A bad class or argument raises ConfigError naming the layer: "network[2].p: expected ...".
     """
-    names = list(names) if names is not None else [f"network[{i}]" for i in range(len(network))]
+    names = list(names) if names is not None else default_names(len(network))
     layers = []
     for spec, name in zip(network, names):
         arguments = {k: v for k, v in spec.items() if k != "class"}
@@ -178,7 +198,7 @@ def build_trainable(network, loss, dtype=np.float32, rng=None, names=None):
     one object, the one that trains and is saved (Softmax has no parameters, so its arrays are
     those of the whole network); no second network has to share its layers to reach the logits.
     """
-    names = list(names) if names is not None else [f"network[{i}]" for i in range(len(network))]
+    names = list(names) if names is not None else default_names(len(network))
     loss_class = LOSSES[loss]
     if network and network[-1].get("class") == Softmax.__name__ and loss_class is CrossEntropyLoss:
         network, names, loss_class = network[:-1], names[:-1], SoftmaxCrossEntropyLoss
@@ -188,8 +208,5 @@ def build_trainable(network, loss, dtype=np.float32, rng=None, names=None):
 def forward_in_eval_mode(model, x):
     """The model's outputs for every example of x, in eval mode and batches of EVAL_BATCH;
     the mode the model was in is restored."""
-    was_training = model.training
-    model.eval()
-    out = np.concatenate([model.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
-    model.train(was_training)
-    return out
+    with evaluating(model):
+        return np.concatenate([model.forward(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])

@@ -1,4 +1,5 @@
-"""The tasks that look at a network instead of training it: test, summary, plot and predict.
+"""The tasks that look at a network instead of training it: test, summary, plot, predict and
+gradcheck (whose machinery is gradcheck.py's).
 
 Each is a function of the engine (engine.py), which holds the config, the dataset and the
 checks; `TASKS` maps the config's "task" to it. Training is the engine's own.
@@ -165,8 +166,13 @@ def prepared_names(paths):
     return names
 
 
-TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict,
-         "gradcheck": lambda engine: gradcheck.run(engine.config, engine.info.input_shape, engine.log)}
+def gradcheck_task(engine):
+    """Checks the backward pass of each layer of the config's network, and of its loss, against
+    central differences (gradcheck.py); no data is read and no file written."""
+    return gradcheck.run(engine.config, engine.info.input_shape, engine.log)
+
+
+TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict, "gradcheck": gradcheck_task}
 
 
 def first_layer_weight(model, image_shape):

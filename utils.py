@@ -93,7 +93,8 @@ def training_lock(model_file):
         f.flush()
         yield
     finally:
-        os.unlink(path)             # before unlocking, so that whoever opens the name next finds a new file
+        with contextlib.suppress(FileNotFoundError):      # someone removed it meanwhile: nothing to undo
+            os.unlink(path)         # before unlocking, so that whoever opens the name next finds a new file
         f.close()
         for folder in made:
             with contextlib.suppress(OSError):

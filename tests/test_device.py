@@ -162,3 +162,10 @@ def test_real_gpu_trains_like_the_cpu(tmp_path, mnist_data_dir, capsys):
         assert np.linalg.norm(a[k] - b[k]) <= 1e-3 * np.linalg.norm(a[k]) + 1e-6, k
     for task in ("test", "plot", "summary"):
         assert main([gpu, "--device", "gpu", "--task", task]) == 0
+
+
+def test_output_shapes_of_a_model_on_the_device():
+    from model import build_model
+    model = build_model(CONV_NET).map_arrays(StrictBackend().to_device)
+    assert model.output_shapes((784,))[-1] == (10,)             # the zero probe is made on the device too
+    assert build_model([{"class": "Flatten"}]).output_shapes((1, 28, 28)) == [(784,)]     # no parameters: numpy

@@ -1,10 +1,12 @@
 """Faults: unsafe model files, divergence, interrupts and resume, kills during a save, random input."""
+import contextlib
 import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -13,7 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import datasets.mnist
+import engine
 from conftest import ROOT
+from errors import DataError
 from main import main
 from model import build_model
 from test_cli import SMALL_NET, run_error, write_config
@@ -256,6 +260,69 @@ def test_resume_extends_a_finished_run_and_refuses_other_changes(tmp_path, capsy
         assert np.array_equal(a.params[name], b.params[name]), name
     assert main([extended]) == 0                        # a new run may start where a finished one was kept
     assert len(json.loads((tmp_path / "b" / "model.history.json").read_text())) == 2
+
+
+@contextlib.contextmanager
+def stop_at_once():
+    """engine.stop_requests as if Ctrl-C came before the first batch: training stops after it."""
+    stop = threading.Event()
+    stop.set()
+    yield stop
+
+
+def test_an_interrupted_run_resumes_only_to_train_longer(tmp_path, capsys, monkeypatch, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=1000, valid_size=0, num_epochs=2,
+                          log_level=0)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "stop_requests", stop_at_once)
+        assert main([config]) == 130
+    assert "checkpoint saved to" in capsys.readouterr().err
+    assert run_error(capsys, [config, "--resume", "--set", "num_epochs=1"]) == (
+        "error: --resume: the run was interrupted in epoch 1; num_epochs may only grow, to train longer "
+        "(num_epochs 2 -> 1): resume with num_epochs 2 or more, or train without --resume")
+    assert main([config, "--resume", "--set", "num_epochs=3"]) == 0
+    assert len(json.loads((tmp_path / "model.history.json").read_text())) == 3
+
+
+def test_a_fresh_run_that_fails_before_training_keeps_the_finished_checkpoint(tmp_path, capsys, monkeypatch,
+                                                                                mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=1000, valid_size=0, num_epochs=1,
+                          log_level=0)
+    assert main([config]) == 0
+    checkpoint = (tmp_path / "model.ckpt").read_bytes()
+
+    def no_data(*args, **kwargs):
+        raise DataError("could not get the data")
+    with monkeypatch.context() as m:
+        m.setattr(engine, "load_dataset", no_data)
+        assert run_error(capsys, [config]) == "error: could not get the data"
+    assert run_error(capsys, [config, "--set", "lr=1e30"]).startswith("error: training diverged at epoch 1, ")
+    assert (tmp_path / "model.ckpt").read_bytes() == checkpoint
+    assert main([config, "--resume", "--set", "num_epochs=2"]) == 0          # still extendable
+    assert len(json.loads((tmp_path / "model.history.json").read_text())) == 2
+    assert main([config]) == 0                                                  # a run that trains replaces it
+    assert len(json.loads((tmp_path / "model.history.json").read_text())) == 1
+    assert (tmp_path / "model.ckpt").read_bytes() != checkpoint
+
+
+def test_a_damaged_checkpoint_is_reported_as_damaged(tmp_path, capsys):
+    config = write_config(tmp_path)
+    (tmp_path / "model.ckpt").write_bytes(b"not a pickle")
+    message = run_error(capsys, [config])
+    assert message.startswith(f"error: {tmp_path / 'model.ckpt'}: not a checkpoint (UnpicklingError: ")
+    assert "interrupted" not in message
+
+
+def test_a_lock_file_removed_during_training_is_no_error(tmp_path, monkeypatch, mnist_data_dir):
+    config = write_config(tmp_path, data_dir=str(mnist_data_dir), train_size=1000, valid_size=0, num_epochs=1)
+    lock, load_data = tmp_path / "model.pkl.lock", engine.Engine.load_data
+
+    def remove_lock_then_load(self, *args, **kwargs):
+        lock.unlink()
+        return load_data(self, *args, **kwargs)
+    monkeypatch.setattr(engine.Engine, "load_data", remove_lock_then_load)
+    assert main([config, "-q"]) == 0
+    assert (tmp_path / "model.pkl").exists() and not lock.exists()
 
 
 def test_a_second_training_into_one_model_file_is_refused_until_the_first_ends(tmp_path, capsys, mnist_data_dir):

@@ -305,3 +305,14 @@ def test_recurrent_layers_reject_the_wrong_input():
                     ).output_shapes((784,))
     with pytest.raises(ConfigError, match="network\\[0\\].return_sequences: expected true or false, got 1"):
         build_model([{"class": "LSTM", "n_in": 28, "n_hidden": 8, "return_sequences": 1}])
+
+
+def test_a_failing_forward_leaves_the_model_in_its_mode():
+    from model import forward_in_eval_mode
+    model = build_model([{"class": "Linear", "n_in": 784, "n_out": 8}, {"class": "Dropout", "p": 0.5}])
+    with pytest.raises(ValueError):
+        forward_in_eval_mode(model, np.zeros((2, 5), np.float32))        # 5 features, not 784
+    assert model.training and all(layer.training for layer in model.layers)
+    with pytest.raises(ConfigError):
+        model.output_shapes((5,))
+    assert model.training and all(layer.training for layer in model.layers)
