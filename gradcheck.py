@@ -4,10 +4,12 @@
 
 The network is built from the config in float64, and each layer is checked on its own: it gets
 a small batch (BATCH examples) of random values of the shape that reaches it (the first layer
-the data's shape), kept 0.01 away from zero so that no kink of ReLU and no tie of max-pooling
-sits within EPS of a value. With a fixed random g and f(x) = sum(forward(x) * g), backward(g)
-must be df/dx and grads[k] df/dparams[k]; both are compared with the central differences
-(f(v + EPS) - f(v - EPS)) / (2 EPS), on the input and on every parameter, as
+the data's shape), kept 0.01 away from zero so that the kink of ReLU-like activations at 0
+sits outside +-EPS of every value (other kinks, such as two nearly equal values in one
+max-pooling window, are merely unlikely with random values, not ruled out). With a fixed
+random g and f(x) = sum(forward(x) * g), backward(g) must be df/dx and grads[k]
+df/dparams[k]; both are compared with the central differences (f(v + EPS) - f(v - EPS)) /
+(2 EPS), on the input and on every parameter, as
     relative error = ||analytic - numeric|| / (||analytic|| + ||numeric||)
 over every entry of an array of up to SAMPLES entries, and SAMPLES random entries of a larger
 one. A layer passes when its largest relative error is below TOLERANCE. The loss is checked
@@ -37,6 +39,7 @@ class GradcheckFailed(ConfigError):
 
 
 def relative_error(analytic, numeric):
+    """||analytic - numeric|| / (||analytic|| + ||numeric||), of two host arrays."""
     return float(np.linalg.norm(analytic - numeric) / max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-30))
 
 
@@ -51,7 +54,7 @@ def numeric_grad(f, array, index):
     """Central differences of the scalar f() with respect to array[index] (each entry in turn)."""
     grad = np.empty(len(index[0]))
     for n, i in enumerate(zip(*index)):
-        saved = array[i]
+        saved = array[i].copy()             # CuPy's array[i] is a view, numpy's a copy
         array[i] = saved + EPS
         up = f()
         array[i] = saved - EPS
@@ -62,6 +65,7 @@ def numeric_grad(f, array, index):
 
 
 def away_from_kinks(shape, rng):
+    """Normal values at least 0.01 away from 0, so ReLU-like kinks sit outside +-EPS."""
     x = rng.normal(size=shape)
     return x + 0.01 * np.sign(x)
 
