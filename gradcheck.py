@@ -4,14 +4,22 @@
 
 The network is built from the config in float64, and each layer is checked on its own: it gets
 a small batch (BATCH examples) of random values of the shape that reaches it (the first layer
-the data's shape), kept 0.01 away from zero so that no kink of ReLU and no tie of max-pooling
-sits within EPS of a value. With a fixed random g and f(x) = sum(forward(x) * g), backward(g)
-must be df/dx and grads[k] df/dparams[k]; both are compared with the central differences
-(f(v + EPS) - f(v - EPS)) / (2 EPS), on the input and on every parameter, as
+the data's shape), kept 0.01 away from zero so that the kink of ReLU-like activations at 0
+sits outside +-EPS of every value (other kinks, such as two nearly equal values in one
+max-pooling window, are merely unlikely with random values, not ruled out). With a fixed
+random g and f(x) = sum(forward(x) * g), backward(g) must be df/dx and grads[k]
+df/dparams[k]; both are compared with the central differences (f(v + EPS) - f(v - EPS)) /
+(2 EPS), on the input and on every parameter, as
     relative error = ||analytic - numeric|| / (||analytic|| + ||numeric||)
 over every entry of an array of up to SAMPLES entries, and SAMPLES random entries of a larger
 one. A layer passes when its largest relative error is below TOLERANCE. The loss is checked
 the same way on random logits (their softmax when the network ends in Softmax) and labels.
+
+A layer must also write its gradients in place: each grads[k] is the same array after backward
+as before it. One that rebinds `self.grads[k] = ...` passes the differences, yet in training
+its parameter would learn nothing: the trainer packs every gradient into one array, which the
+optimizer reads (model.py, Model.pack), and a rebound grads[k] is detached from it. Such a
+layer FAILS, with that reason.
 
 A layer that draws random numbers (Dropout) is given the same seed before every forward pass,
 so its mask stays fixed while the differences are taken. A layer with running statistics
@@ -37,6 +45,7 @@ class GradcheckFailed(ConfigError):
 
 
 def relative_error(analytic, numeric):
+    """||analytic - numeric|| / (||analytic|| + ||numeric||), of two host arrays."""
     return float(np.linalg.norm(analytic - numeric) / max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-30))
 
 
@@ -51,7 +60,7 @@ def numeric_grad(f, array, index):
     """Central differences of the scalar f() with respect to array[index] (each entry in turn)."""
     grad = np.empty(len(index[0]))
     for n, i in enumerate(zip(*index)):
-        saved = array[i]
+        saved = array[i].copy()             # CuPy's array[i] is a view, numpy's a copy
         array[i] = saved + EPS
         up = f()
         array[i] = saved - EPS
@@ -62,12 +71,14 @@ def numeric_grad(f, array, index):
 
 
 def away_from_kinks(shape, rng):
+    """Normal values at least 0.01 away from 0, so ReLU-like kinks sit outside +-EPS."""
     x = rng.normal(size=shape)
     return x + 0.01 * np.sign(x)
 
 
 def check_layer(layer, x, rng):
-    """The largest relative error of layer's dL/dx and grads[k], for f = sum(forward(x) * g)."""
+    """(the largest relative error of layer's dL/dx and grads[k], for f = sum(forward(x) * g),
+    and why the layer fails whatever that error is, or "")."""
     seed = int(rng.integers(1 << 30))
 
     def f():
@@ -77,13 +88,19 @@ def check_layer(layer, x, rng):
 
     g = rng.normal(size=layer.forward(x).shape)
     f()
+    before = dict(layer.grads)
     analytic = {"input": layer.backward(g.copy()), **{k: v.copy() for k, v in layer.grads.items()}}
+    rebound = [k for k, array in before.items() if layer.grads.get(k) is not array]
     arrays = {"input": x, **layer.params}
     errors = []
     for name, array in arrays.items():
         index = sample(array.shape, rng)
         errors.append(relative_error(analytic[name][index], numeric_grad(f, array, index)))
-    return max(errors)
+    why = ""
+    if rebound:                                    # a packed model would train a detached array
+        why = (f" (backward rebinds {', '.join(f'grads[{k!r}]' for k in rebound)}; write into the array "
+               f"in place, as in self.grads[{rebound[0]!r}][...] = ...)")
+    return max(errors), why
 
 
 def check_loss(loss, pred, labels, rng):
@@ -110,7 +127,7 @@ def run(config, input_shape, log):
             layer.train(mode == "train")
             label = f"{name} ({type(layer).__name__}{', ' + mode + ' mode' if len(modes) > 1 else ''})"
             try:
-                results.append((label, check_layer(layer, away_from_kinks((BATCH, *shape), rng), rng), ""))
+                results.append((label, *check_layer(layer, away_from_kinks((BATCH, *shape), rng), rng)))
             except Exception as err:               # a layer being written can fail in any way
                 results.append((label, np.nan, f" ({type(err).__name__}: {err})"))
     loss = LOSSES[config["loss"]](np.float64)
@@ -121,8 +138,8 @@ def run(config, input_shape, log):
     results.append((f"loss ({config['loss']})", check_loss(loss, pred, labels, rng), ""))
     width = max(len(label) for label, _, _ in results)
     for label, error, why in results:
-        log.result(f"{label:<{width}}  {error:.2e}  {'ok' if error < TOLERANCE else 'FAILED'}{why}")
-    failed = [label for label, error, _ in results if not error < TOLERANCE]
+        log.result(f"{label:<{width}}  {error:.2e}  {'ok' if error < TOLERANCE and not why else 'FAILED'}{why}")
+    failed = [label for label, error, why in results if why or not error < TOLERANCE]
     if failed:
         raise GradcheckFailed(f"gradcheck: {len(failed)} of {len(results)} FAILED: {', '.join(failed)}")
     return results

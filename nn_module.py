@@ -59,6 +59,11 @@ def check_int(name, value, low=None):
     return int(value)
 
 
+def shape_text(x):
+    """x's shape as the shape errors give it, the batch axis as N: "(N, 1, 28, 28)"."""
+    return f"(N, {', '.join(map(str, x.shape[1:]))})"
+
+
 def check_number(name, value, low, high, low_open=False, high_open=False):
     """Accepts ints and floats (never bools) in the interval given; brackets follow the flags."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value)
@@ -172,7 +177,7 @@ class Linear(NNModule):
 
     def forward(self, x):
         if x.ndim != 2 or x.shape[1] != self.n_in:
-            raise ValueError(f"expected (N, {self.n_in}) inputs, got (N, {', '.join(map(str, x.shape[1:]))})")
+            raise ValueError(f"expected (N, {self.n_in}) inputs, got {shape_text(x)}")
         self.x = x
         y = x @ self.params["weight"]
         y += self.params["bias"]
@@ -244,6 +249,16 @@ class Tanh(NNModule):
         return grad_y * (1 - self.y * self.y)       # tanh' = 1 - tanh^2
 
 
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)), computed as (1 + tanh(x / 2)) / 2: the same function, without exp
+    overflowing for large -x. Written into `out` if given, which may be x itself (or a view)."""
+    y = np.multiply(x, 0.5, out=out)
+    np.tanh(y, out=y)
+    y += 1
+    y *= 0.5
+    return y
+
+
 @register
 class Sigmoid(NNModule):
     """y = 1 / (1 + exp(-x)). Any shape."""
@@ -253,7 +268,7 @@ class Sigmoid(NNModule):
         self.y = None
 
     def forward(self, x):
-        self.y = 0.5 * (1 + np.tanh(0.5 * x))        # the same function, without exp overflow
+        self.y = sigmoid(x)
         return self.y
 
     def backward(self, grad_y):
@@ -323,7 +338,7 @@ def check_image(x, channels, kernel_size, padding):
     """ValueError unless x is (N, channels, H, W) with H, W + 2 padding >= kernel_size."""
     if x.ndim != 4 or (channels is not None and x.shape[1] != channels):
         want = f"(N, {channels}, H, W)" if channels is not None else "(N, C, H, W)"
-        raise ValueError(f"expected {want} inputs, got (N, {', '.join(map(str, x.shape[1:]))})")
+        raise ValueError(f"expected {want} inputs, got {shape_text(x)}")
     if min(x.shape[2:]) + 2 * padding < kernel_size:
         raise ValueError(f"kernel_size {kernel_size} is larger than the padded input "
                          f"{x.shape[2] + 2 * padding}x{x.shape[3] + 2 * padding}")
@@ -378,11 +393,12 @@ class Conv2D(NNModule):
         n, f, oh, ow = grad_y.shape
         c, k = self.in_channels, self.kernel_size
         grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
-        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, c * k * k))   # dL/dW = dy @ cols.T
+        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, c * k * k))   # dL/dweight = dL/dy @ cols.T
         np.sum(grad_rows, axis=1, out=self.grads["bias"])
         if not self.needs_grad_x:
             return None
-        grad_cols = self.params["weight"].reshape(f, c * k * k).T @ grad_rows      # dL/dcols = W.T @ dy: (C*k*k, N*OH*OW)
+        # dL/dcols = weight.T @ dL/dy: (C*k*k, N*OH*OW)
+        grad_cols = self.params["weight"].reshape(f, c * k * k).T @ grad_rows
         return col2im(grad_cols, self.x_shape, k, self.stride, self.padding)
 
     def multiply_adds(self, y_shape):                # every output value is a C*k*k dot product
@@ -393,20 +409,36 @@ class Conv2D(NNModule):
                 f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}")
 
 
-@register
-class MaxPool2D(NNModule):
-    """y[n, c, i, j] = max of the kernel_size x kernel_size window at (i*stride, j*stride).
-
-    The gradient of each window goes to exactly one element, its first maximum in row-major
-    order (MNIST's flat background makes ties common, and a tie must not double the gradient).
-    Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
-    """
+class _Pool2D(NNModule):
+    """What MaxPool2D and AvgPool2D share: the constructor (a square window, moved by stride
+    over each channel of each image) and the repr. Not registered: it is no layer by itself."""
 
     def __init__(self, kernel_size, stride=None, dtype=np.float32):
         super().__init__(dtype)
         self.kernel_size = check_int("kernel_size", kernel_size, 1)
         self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
-        self.x_shape, self.first = None, None
+        self.x_shape = None
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+@register
+class MaxPool2D(_Pool2D):
+    """y[n, c, i, j] = max of the kernel_size x kernel_size window at (i*stride, j*stride).
+
+    The gradient of each window goes to exactly one element, its first maximum in row-major
+    order (MNIST's flat background makes ties common, and a tie must not double the gradient).
+
+    Args:
+        kernel_size: k, for a square k x k window.
+        stride: >= 1; None (the default) means kernel_size, windows side by side.
+    Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1, same for OW.
+    """
+
+    def __init__(self, kernel_size, stride=None, dtype=np.float32):
+        super().__init__(kernel_size, stride, dtype)
+        self.first = None
 
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
@@ -433,22 +465,16 @@ class MaxPool2D(NNModule):
                 into += grad_y * (self.first == t)
         return grad_x
 
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
-
 
 @register
-class AvgPool2D(NNModule):
+class AvgPool2D(_Pool2D):
     """y[n, c, i, j] = mean of the kernel_size x kernel_size window at (i*stride, j*stride).
 
-    Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1.
+    Args:
+        kernel_size: k, for a square k x k window.
+        stride: >= 1; None (the default) means kernel_size, windows side by side.
+    Shape: (N, C, H, W) -> (N, C, OH, OW), OH = (H - k) // stride + 1, same for OW.
     """
-
-    def __init__(self, kernel_size, stride=None, dtype=np.float32):
-        super().__init__(dtype)
-        self.kernel_size = check_int("kernel_size", kernel_size, 1)
-        self.stride = kernel_size if stride is None else check_int("stride", stride, 1)
-        self.x_shape = None
 
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
@@ -461,9 +487,6 @@ class AvgPool2D(NNModule):
         for into in taps(grad_x, self.kernel_size, self.stride):
             into += share                                         # overlapping windows add up
         return grad_x
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
 # ---- shape, regularisation and normalisation ---------------------------------------------
@@ -546,6 +569,10 @@ class BatchNorm(NNModule):
     (momentum weighs the old value, as in Keras: PyTorch's momentum=0.1 is 0.9 here);
     eval uses the running averages. Those live in `state`: saved with the model, never trained.
 
+    Args:
+        num_features: C, the features of (N, C) inputs or the channels of (N, C, H, W) ones.
+        momentum: in [0, 1), the weight of the old running value (default 0.9).
+        eps: in (0, 1], added to the variance before its square root (default 1e-5).
     Shape: (N, C) or (N, C, H, W), C = num_features. Params: gamma (C,), beta (C,).
     State: running_mean (C,), running_var (C,).
     """
@@ -563,9 +590,8 @@ class BatchNorm(NNModule):
 
     def forward(self, x):
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
-            raise ValueError(f"num_features is {self.num_features}, but the input has shape "
-                             f"(N, {', '.join(map(str, x.shape[1:]))}); expected (N, C) or (N, C, H, W) "
-                             f"with C = {self.num_features}")
+            raise ValueError(f"num_features is {self.num_features}, but the input has shape {shape_text(x)}; "
+                             f"expected (N, C) or (N, C, H, W) with C = {self.num_features}")
         self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
         shape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts (C,) over the input
         self.batch_stats = self.training
@@ -608,18 +634,11 @@ class BatchNorm(NNModule):
 
 # ---- recurrent layers ----------------------------------------------------------------------
 
-def sigmoid_(z):
-    """sigmoid(z) in place on z (any view), as (1 + tanh(z / 2)) / 2: the same function as
-    1 / (1 + exp(-z)), without exp overflowing for large -z."""
-    z *= 0.5
-    np.tanh(z, out=z)
-    z += 1
-    z *= 0.5
-
-
 class Recurrent(NNModule):
     """What RNN, LSTM and GRU share: the input projection, the loops over time, and the weight
     gradients of backpropagation through time (BPTT). Not registered: it is no layer by itself.
+    In the docstrings of these layers H is n_hidden, the size of the state h_t (they see no
+    images, so it is never a height); t is a time step, T their number.
 
     Each layer has `blocks` H-wide blocks in its projections (RNN 1, LSTM 4, GRU 3), so that
     weight_ih is (n_in, blocks*H) and weight_hh is (H, blocks*H), and writes one time step
@@ -665,39 +684,40 @@ class Recurrent(NNModule):
 
     def forward(self, x):
         if x.ndim != 3 or x.shape[2] != self.n_in:
-            raise ValueError(f"expected (N, T, {self.n_in}) inputs, got (N, {', '.join(map(str, x.shape[1:]))})")
-        n, t, _ = x.shape
-        self.steps = t
+            raise ValueError(f"expected (N, T, {self.n_in}) inputs, got {shape_text(x)}")
+        n, steps, _ = x.shape
+        self.steps = steps
         self.xs = x.transpose(1, 0, 2).copy()                                    # (T, N, n_in)
-        xw = (self.xs.reshape(t * n, self.n_in) @ self.params["weight_ih"]).reshape(t, n, -1)   # (T, N, k)
+        xw = (self.xs.reshape(steps * n, self.n_in) @ self.params["weight_ih"]).reshape(steps, n, -1)   # (T, N, k)
         xw += self.params[self.biases[0]]
-        self.hs = np.zeros_like(xw, shape=(t + 1, n, self.n_hidden))               # hs[t + 1] = h_t
+        self.hs = np.zeros_like(xw, shape=(steps + 1, n, self.n_hidden))         # hs[t + 1] = h_t
         self.allocate(xw)
-        for step in range(t):
-            self.step(step, xw[step], self.hs[step])
-        return self.hs[1:].transpose(1, 0, 2) if self.return_sequences else self.hs[t]
+        for t in range(steps):
+            self.step(t, xw[t], self.hs[t])
+        return self.hs[1:].transpose(1, 0, 2) if self.return_sequences else self.hs[steps]
 
     def backward(self, grad_y):
-        t, n, h = self.steps, self.hs.shape[1], self.n_hidden
-        self.grad_xw = np.empty_like(self.hs, shape=(t, n, self.blocks * h))
+        steps, n, hidden = self.steps, self.hs.shape[1], self.n_hidden
+        self.grad_xw = np.empty_like(self.hs, shape=(steps, n, self.blocks * hidden))
         self.grad_hw = self.grad_xw if len(self.biases) == 1 else np.empty_like(self.grad_xw)
-        grad_ys = grad_y.transpose(1, 0, 2) if self.return_sequences else None       # (T, N, H)
+        grad_ys = grad_y.transpose(1, 0, 2) if self.return_sequences else None       # (T, N, n_hidden)
         grad_h = np.zeros_like(self.hs[0])                  # what h_t gets from step t + 1; none at the end
-        for step in reversed(range(t)):
+        for t in reversed(range(steps)):
             if self.return_sequences:
-                grad_h = grad_h + grad_ys[step]
-            elif step == t - 1:
+                grad_h = grad_h + grad_ys[t]
+            elif t == steps - 1:
                 grad_h = grad_h + grad_y
-            grad_h = self.step_back(step, grad_h)
-        rows_xw, rows_hw = self.grad_xw.reshape(t * n, -1), self.grad_hw.reshape(t * n, -1)   # (T*N, k)
-        np.matmul(self.xs.reshape(t * n, self.n_in).T, rows_xw, out=self.grads["weight_ih"])
-        np.matmul(self.hs[:-1].reshape(t * n, h).T, rows_hw, out=self.grads["weight_hh"])   # rows of h_{t-1}
+            grad_h = self.step_back(t, grad_h)
+        rows_xw, rows_hw = self.grad_xw.reshape(steps * n, -1), self.grad_hw.reshape(steps * n, -1)   # (T*N, k)
+        np.matmul(self.xs.reshape(steps * n, self.n_in).T, rows_xw, out=self.grads["weight_ih"])
+        np.matmul(self.hs[:-1].reshape(steps * n, hidden).T, rows_hw, out=self.grads["weight_hh"])   # rows of h_{t-1}
         np.sum(rows_xw, axis=0, out=self.grads[self.biases[0]])
         if len(self.biases) == 2:
             np.sum(rows_hw, axis=0, out=self.grads[self.biases[1]])
         if not self.needs_grad_x:
             return None
-        grad_xs = (rows_xw @ self.params["weight_ih"].T).reshape(t, n, self.n_in)    # dL/dx_t = grad_xw[t] @ W_ih.T
+        # dL/dx_t = grad_xw[t] @ weight_ih.T, for every t at once
+        grad_xs = (rows_xw @ self.params["weight_ih"].T).reshape(steps, n, self.n_in)
         return grad_xs.transpose(1, 0, 2)
 
     def allocate(self, xw):
@@ -705,10 +725,21 @@ class Recurrent(NNModule):
         raise NotImplementedError(f"{type(self).__name__} must implement allocate()")
 
     def step(self, t, xw_t, h_prev):
+        """Time step t forward: h_t from xw_t = x_t @ weight_ih + biases[0], (N, blocks*H), and
+        h_prev = h_{t-1}, (N, H). Writes h_t, (N, H), into self.hs[t + 1] and caches what
+        step_back(t) needs; returns nothing."""
         raise NotImplementedError(f"{type(self).__name__} must implement step()")
 
     def step_back(self, t, grad_h):
+        """Time step t backward: given grad_h = dL/dh_t, (N, H) (from y and from step t + 1),
+        writes dL/dxw_t into self.grad_xw[t] and dL/dhw_t into self.grad_hw[t], each
+        (N, blocks*H), and returns dL/dh_{t-1}, (N, H), through h_{t-1}'s part in step t."""
         raise NotImplementedError(f"{type(self).__name__} must implement step_back()")
+
+    def split(self, a):
+        """The `blocks` H-wide blocks of a (..., blocks*H), in order, as views of a."""
+        hidden = self.n_hidden
+        return [a[..., b * hidden:(b + 1) * hidden] for b in range(self.blocks)]
 
     def multiply_adds(self, y_shape):
         """Per example: T steps of both projections, (n_in + H) * blocks*H (gates' products not counted)."""
@@ -775,29 +806,28 @@ class LSTM(Recurrent):
 
     def __init__(self, n_in, n_hidden, return_sequences=False, init="xavier", std=0.01, dtype=np.float32, rng=None):
         super().__init__(n_in, n_hidden, return_sequences, init, std, dtype, rng)
-        self.params["bias"][n_hidden:2 * n_hidden] = 1
+        self.split(self.params["bias"])[1][...] = 1                     # the forget block
         self.gates, self.cs, self.tanh_cs, self.grad_c = None, None, None, None
         self.scale, self.shift, self.scale2 = None, None, None
 
     def allocate(self, xw):
-        H = self.n_hidden
-        self.gates = np.empty_like(xw)                                   # (T, N, 4H): i, f, g, o
+        self.gates = np.empty_like(xw)                                   # (T, N, 4 n_hidden): i, f, g, o
         self.cs = np.zeros_like(self.hs)                                  # cs[t + 1] = c_t, cs[0] = 0
-        self.tanh_cs = np.empty_like(self.hs[1:])                         # (T, N, H)
-        self.scale = np.full_like(xw[0, 0], 0.5)                          # (4H,)
-        self.scale[2 * H:3 * H] = 1
+        self.tanh_cs = np.empty_like(self.hs[1:])                         # (T, N, n_hidden)
+        self.scale = np.full_like(xw[0, 0], 0.5)                          # (4 n_hidden,)
+        self.split(self.scale)[2][...] = 1                                # g's block
         self.shift = self.scale * (self.scale < 1)                        # 1/2 on sigmoid blocks, 0 on g
         self.scale2 = self.scale * self.scale
 
     def step(self, t, xw_t, h_prev):
-        H, gates = self.n_hidden, self.gates[t]
+        gates = self.gates[t]
         np.matmul(h_prev, self.params["weight_hh"], out=gates)
         gates += xw_t                                                     # z_t
         gates *= self.scale                                               # i, f, g, o in four passes
         np.tanh(gates, out=gates)
         gates *= self.scale
         gates += self.shift
-        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        i, f, g, o = self.split(gates)
         c = self.cs[t + 1]
         np.multiply(f, self.cs[t], out=c)
         c += i * g
@@ -805,16 +835,17 @@ class LSTM(Recurrent):
         np.multiply(o, self.tanh_cs[t], out=self.hs[t + 1])
 
     def step_back(self, t, grad_h):
-        H, gates, tanh_c = self.n_hidden, self.gates[t], self.tanh_cs[t]
-        i, f, g, o = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
+        gates, tanh_c = self.gates[t], self.tanh_cs[t]
+        i, f, g, o = self.split(gates)
         if t == self.steps - 1:
             self.grad_c = np.zeros_like(tanh_c)                           # nothing comes after c_{T-1}
         dc = grad_h * o * (1 - tanh_c * tanh_c) + self.grad_c
-        dz = self.grad_xw[t]                                              # (N, 4H): first dL/dgates
-        np.multiply(dc, g, out=dz[:, :H])
-        np.multiply(dc, self.cs[t], out=dz[:, H:2 * H])
-        np.multiply(dc, i, out=dz[:, 2 * H:3 * H])
-        np.multiply(grad_h, tanh_c, out=dz[:, 3 * H:])
+        dz = self.grad_xw[t]                                              # (N, 4 n_hidden): first dL/dgates
+        dz_i, dz_f, dz_g, dz_o = self.split(dz)
+        np.multiply(dc, g, out=dz_i)
+        np.multiply(dc, self.cs[t], out=dz_f)
+        np.multiply(dc, i, out=dz_g)
+        np.multiply(grad_h, tanh_c, out=dz_o)
         centred = gates - self.shift
         dz *= self.scale2 - centred * centred                             # times dgates/dz: now dL/dz
         self.grad_c = dc * f
@@ -847,18 +878,19 @@ class GRU(Recurrent):
         self.gates, self.hws = None, None
 
     def allocate(self, xw):
-        self.gates = np.empty_like(xw)                                   # (T, N, 3H): r, z, n
-        self.hws = np.empty_like(xw)                                     # (T, N, 3H): hw of each step
+        self.gates = np.empty_like(xw)                                   # (T, N, 3 n_hidden): r, z, n
+        self.hws = np.empty_like(xw)                                     # (T, N, 3 n_hidden): hw of each step
 
     def step(self, t, xw_t, h_prev):
-        H, gates, hw = self.n_hidden, self.gates[t], self.hws[t]
+        rz, gates, hw = slice(0, 2 * self.n_hidden), self.gates[t], self.hws[t]   # rz: r and z side by side
         np.matmul(h_prev, self.params["weight_hh"], out=hw)
         hw += self.params["bias_hh"]
-        np.add(xw_t[:, :2 * H], hw[:, :2 * H], out=gates[:, :2 * H])
-        sigmoid_(gates[:, :2 * H])                                         # r and z
-        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
-        np.multiply(r, hw[:, 2 * H:], out=n)
-        n += xw_t[:, 2 * H:]
+        rz_gates = gates[:, rz]
+        np.add(xw_t[:, rz], hw[:, rz], out=rz_gates)
+        sigmoid(rz_gates, out=rz_gates)
+        r, z, n = self.split(gates)
+        np.multiply(r, self.split(hw)[2], out=n)
+        n += self.split(xw_t)[2]
         np.tanh(n, out=n)
         h = self.hs[t + 1]                                                 # h = n + z * (h_prev - n)
         np.subtract(h_prev, n, out=h)
@@ -866,15 +898,15 @@ class GRU(Recurrent):
         h += n
 
     def step_back(self, t, grad_h):
-        H, gates, hw, h_prev = self.n_hidden, self.gates[t], self.hws[t], self.hs[t]
-        r, z, n = gates[:, :H], gates[:, H:2 * H], gates[:, 2 * H:]
+        rz, hw_n, h_prev = slice(0, 2 * self.n_hidden), self.split(self.hws[t])[2], self.hs[t]
+        r, z, n = self.split(self.gates[t])
         dxw, dhw = self.grad_xw[t], self.grad_hw[t]
-        dn = dxw[:, 2 * H:]
+        dr, dz, dn = self.split(dxw)
         np.multiply(grad_h * (1 - z), 1 - n * n, out=dn)
-        np.multiply(dn * hw[:, 2 * H:], r * (1 - r), out=dxw[:, :H])
-        np.multiply(grad_h * (h_prev - n), z * (1 - z), out=dxw[:, H:2 * H])
-        dhw[:, :2 * H] = dxw[:, :2 * H]                                    # r and z add xw and hw
-        np.multiply(dn, r, out=dhw[:, 2 * H:])
+        np.multiply(dn * hw_n, r * (1 - r), out=dr)
+        np.multiply(grad_h * (h_prev - n), z * (1 - z), out=dz)
+        dhw[:, rz] = dxw[:, rz]                                            # r and z add xw and hw
+        np.multiply(dn, r, out=self.split(dhw)[2])
         grad_h_prev = dhw @ self.params["weight_hh"].T
         grad_h_prev += grad_h * z
         return grad_h_prev
@@ -883,7 +915,13 @@ class GRU(Recurrent):
 # ---- losses ----------------------------------------------------------------------------------
 
 class Loss:
-    """Base class. forward(pred, labels) -> mean loss over the batch; backward() -> dL/dpred."""
+    """Base class. forward(pred, labels) -> mean loss over the batch; backward() -> dL/dpred.
+
+    A loss is built like a layer, with the network's dtype (`LOSSES[name](dtype)`, in
+    model.build_trainable and the gradcheck task), so building one needs no special case.
+    The losses here store `dtype` but never read it: they compute in the dtype of `pred`,
+    which is already the network's. A loss of your own may use it for arrays it creates.
+    """
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)

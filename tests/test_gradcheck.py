@@ -126,6 +126,28 @@ def test_a_layer_without_backward_is_one_failed_line(user_folder, tmp_path, caps
     assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[0] (Half)\n"
 
 
+def test_a_layer_that_rebinds_its_grads_fails_with_the_reason(user_folder, tmp_path, capsys):
+    """Its gradients are right, but a packed model would never see them (model.py, Model.pack)."""
+    (user_folder / "scale.py").write_text(
+        "import numpy as np\nfrom nn_module import NNModule, register\n\n\n"
+        "@register\nclass Scale(NNModule):\n"
+        "    def __init__(self, dtype=np.float32):\n"
+        "        super().__init__(dtype)\n        self.add_param('alpha', np.ones(1))\n        self.x = None\n"
+        "    def forward(self, x):\n        self.x = x\n        return x * self.params['alpha']\n"
+        "    def backward(self, grad_y):\n"
+        "        self.grads['alpha'] = np.sum(grad_y * self.x).reshape(1)\n"
+        "        return grad_y * self.params['alpha']\n")
+    discover()
+    config = write_config(tmp_path, network=[readme_network()[0], {"class": "Scale"}, readme_network()[2]])
+    assert main([config, "--task", "gradcheck"]) == 2
+    captured = capsys.readouterr()
+    row = re.search(r"network\[1\] \(Scale\) +(\S+)  FAILED \(backward rebinds grads\['alpha'\]; write into the "
+                    r"array in place, as in self.grads\['alpha'\]\[...\] = ...\)\n", captured.out)
+    assert row and float(row.group(1)) < 1e-6                       # the numbers alone would pass
+    assert re.search(r"network\[0\] \(Linear\) +\S+  ok\n", captured.out)
+    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[1] (Scale)\n"
+
+
 @pytest.mark.parametrize("code,reason", [
     ("def broken(:\n", "layers/mine.py line 1: SyntaxError"),
     ("from nn_module import NNModule, register\n\n\n@register\nclass Linear(NNModule):\n    pass\n",
