@@ -14,11 +14,19 @@ import signal
 import sys
 import threading
 
-from backend import DEVICES
-from config import TASKS, load_config
-from engine import Engine, Interrupted
-from errors import ConfigError
-from log import Logger
+# One BLAS thread unless the environment asks for more. At batches of 100 OpenBLAS's threads
+# gain little on a quiet machine (they lose on the MLPs and conv nets, win 1.3x on network1),
+# and while they wait they spin, which makes a machine with one other busy process many times
+# slower (README, Performance). This must happen before numpy is imported.
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+if not any(variable in os.environ for variable in BLAS_THREADS):
+    os.environ.update(dict.fromkeys(BLAS_THREADS, "1"))
+
+from backend import DEVICES  # noqa: E402  (after the BLAS threads are set)
+from config import TASKS, load_config  # noqa: E402
+from engine import Engine, Interrupted  # noqa: E402
+from errors import ConfigError  # noqa: E402
+from log import Logger  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):

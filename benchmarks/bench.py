@@ -32,6 +32,12 @@ items (peak, inference, load, memory).
              with that file also the wall time of `main.py configs/network1.json --task test`.
   load       `load_mnist` from the cache in data/, already verified.
   memory     peak resident memory of `main.py configs/network1.json` training for one epoch.
+  threads    every shipped config trained by main.py for a tenth of an epoch: with no thread
+             setting (the project's default), with one BLAS thread, each alone and beside one
+             process that keeps a core busy, and with one BLAS thread per CPU; the engine's
+             seconds. Checks that the default is never slower than one thread (within 20%: a
+             tenth of an epoch run twice with the same settings differs by up to 17% here) and
+             how much the CPUs speed up cnn.json. Skipped by --quick.
 
 Reading the epoch table: GFLOP/epoch counts 2 FLOP per multiply-add, from each layer's
 `multiply_adds` (the summary's column): on training images 3 passes (forward, dL/dW, dL/dx) for
@@ -65,11 +71,11 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from main import BLAS_THREADS  # noqa: E402  (first: importing main sets the BLAS threads, as main.py does)
+import numpy as np  # noqa: E402
 from config import read_json, validate  # noqa: E402  (needs ROOT on the path)
 from datasets.mnist import load_mnist  # noqa: E402
 import tasks  # noqa: E402
@@ -79,7 +85,8 @@ from log import Logger  # noqa: E402
 from model import EVAL_BATCH, build_model  # noqa: E402
 
 EPOCHS = ("mlp", "conv", "lstm", "network1", "cnn")
-NAMES = ("peak", *EPOCHS, "inference", "load", "memory")
+NAMES = ("peak", *EPOCHS, "inference", "load", "memory", "threads")
+SHIPPED = ("network1", "network2", "cnn", "fashion_mlp", "fashion_cnn", "cnn_augment", "lstm", "gru")
 FRESH = "fresh weights"
 REFERENCE = {
     "mlp": [{"class": "Linear", "n_in": 784, "n_out": 200}, {"class": "Tanh"},
@@ -94,7 +101,7 @@ REFERENCE = {
              {"class": "Linear", "n_in": 128, "n_out": 10}],
 }
 CONFIGS = {"network1": "configs/network1.json", "cnn": "configs/cnn.json"}
-CPU_ONLY = ("peak", "inference", "load", "memory")
+CPU_ONLY = ("peak", "inference", "load", "memory", "threads")
 LR, BATCH, TRAIN, VALID = 0.05, 100, 55_000, 5_000
 THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
 # Runs argv with stdout discarded and prints "exit-status seconds peak-RSS". It must be a small
@@ -272,6 +279,41 @@ def run_main(*args):
     return float(seconds), int(rss) / (2 ** 20 if sys.platform == "darwin" else 2 ** 10)
 
 
+def tenth_epoch(config, data_dir, threads=None, busy=False):
+    """Seconds of a tenth of an epoch (5,500 training, 500 validation images) of `config`, trained
+    by main.py with the BLAS threads given (None: no thread setting at all, the project's default),
+    alone or beside one process that keeps a core busy; the engine's own timing of the epoch."""
+    env = {k: v for k, v in os.environ.items() if k not in BLAS_THREADS}
+    if threads is not None:
+        env["OPENBLAS_NUM_THREADS"] = str(threads)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "main.py", f"configs/{config}.json", "-q", "--set", "num_epochs=1",
+                            "--set", "train_size=5500", "--set", "valid_size=500", "--set", f"data_dir={data_dir}",
+                            "--set", f"model_file={tmp}/model.pkl"], env=env, check=True, capture_output=True)
+            with open(f"{tmp}/model.history.json", encoding="utf-8") as f:
+                return json.load(f)[0]["seconds"]
+    finally:
+        if spinner:
+            spinner.kill()
+            spinner.wait()
+
+
+def measure_threads(r, data_dir):
+    """Fills r["thread_runs"]: every shipped config's tenth of an epoch with no thread setting and
+    with one thread, alone and beside a busy process, and with one thread per CPU alone."""
+    cores = os.cpu_count()
+    r["thread_runs"] = {}
+    for config in SHIPPED:
+        note(f"threads: {config}")
+        r["thread_runs"][config] = {
+            "default": tenth_epoch(config, data_dir), "one": tenth_epoch(config, data_dir, 1),
+            "default_busy": tenth_epoch(config, data_dir, busy=True),
+            "one_busy": tenth_epoch(config, data_dir, 1, busy=True),
+            "cores": tenth_epoch(config, data_dir, cores), "cores_count": cores}
+
+
 def table(header, rows):
     """Rows of strings as aligned text: the first column left, the others right."""
     widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
@@ -316,6 +358,8 @@ def measure(args):
             _, r["train_peak_rss_mb"] = run_main("configs/network1.json", "-q", "--set", "num_epochs=1",
                                                  "--set", f"model_file={tmp}/network1.pkl",
                                                  "--set", f"data_dir={args.data_dir}", *quick)
+    if "threads" in args.only and not args.quick:
+        measure_threads(r, args.data_dir)
     return r
 
 
@@ -362,11 +406,18 @@ def targets(r):
                   ("reference LSTM epoch / PyTorch's", epoch("lstm", "numpy_over_torch"), "<=", 1.5, "x"),
                   ("network1.json epoch / PyTorch's", epoch("network1", "numpy_over_torch"), "<=", 1.0, "x"),
                   ("cnn.json epoch / PyTorch's", epoch("cnn", "numpy_over_torch"), "<=", 1.3, "x")]
+    if r.get("thread_runs"):
+        t = r["thread_runs"]
+        checks += [("default / 1 thread, worst shipped config, alone", max(v["default"] / v["one"] for v in t.values()),
+                    "<=", 1.2, "x"),
+                   ("default / 1 thread, worst shipped config, busy",
+                    max(v["default_busy"] / v["one_busy"] for v in t.values()), "<=", 1.2, "x"),
+                   ("cnn.json: 1 thread / all CPUs' threads", t["cnn"]["one"] / t["cnn"]["cores"], ">=", 1.7, "x")]
     checks += [("network1 test inference, 10,000 images", r.get("test_seconds"), "<", 0.5, " s"),
               ("peak RSS training network1", r.get("train_peak_rss_mb"), "<", 600, " MB"),
               ("MNIST load from the verified cache", r.get("load_seconds"), "<", 1.0, " s")]
     return [{"target": what, "value": value, "goal": f"{op} {goal:g}", "unit": unit.strip(),
-             "met": None if r["quick"] else value <= goal if op == "<=" else value < goal}
+             "met": None if r["quick"] else {"<=": value <= goal, ">=": value >= goal, "<": value < goal}[op]}
             for what, value, op, goal, unit in checks if value is not None]
 
 
@@ -392,6 +443,13 @@ def report(r):
               ("peak RSS training network1", fmt(r.get("train_peak_rss_mb"), ".0f"), "MB")]
     if any(row[1] != "-" for row in others):
         lines += [table(("other", "value", "unit"), [row for row in others if row[1] != "-"]), ""]
+    if r.get("thread_runs"):
+        cores = next(iter(r["thread_runs"].values()))["cores_count"]
+        rows = [(config, fmt(t["default"]), fmt(t["one"]), fmt(t["default_busy"]), fmt(t["one_busy"]),
+                 fmt(t["cores"])) for config, t in r["thread_runs"].items()]
+        lines += ["seconds of a tenth of an epoch, by main.py, with no thread setting (default) or BLAS threads given:",
+                  table(("config", "default", "1 thread", "default, busy", "1 thread, busy", f"{cores} threads"),
+                        rows), ""]
     unit = lambda t: t["unit"] if t["unit"] == "x" else " " + t["unit"]
     met = {True: "yes", False: "NO", None: "not judged (--quick)"}
     lines += [table(("target", "measured" + (" (quick)" if r["quick"] else ""), "goal", "met"), [
