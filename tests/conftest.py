@@ -7,6 +7,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import main  # noqa: E402,F401  (before numpy: the tests run with main.py's BLAS threads, as its subprocesses do)
+
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
