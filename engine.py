@@ -174,10 +174,10 @@ class Engine:
 
     # ---- data --------------------------------------------------------------------------------
 
-    def load_data(self, test_only=False):
-        """The dataset's arrays in the run's dtype; with `test_only`, only x_test and y_test (a
-        dataset that can, such as MNIST, then reads only its test files)."""
-        data = load_dataset(self.dataset, log=self.log, test_only=test_only)
+    def load_data(self, split=None):
+        """The dataset's arrays in the run's dtype; with `split` "train" or "test", only that
+        split's (a dataset that can, such as MNIST, then reads only its files)."""
+        data = load_dataset(self.dataset, log=self.log, split=split)
         for key in ("x_train", "x_test"):
             if key in data:
                 data[key] = data[key].astype(self.dtype, copy=False)
@@ -220,7 +220,7 @@ class Engine:
         self.to_device(model).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
-        x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data()))
+        x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data("train")))
         where = f" on {self.backend.describe()}" if self.backend.name != "cpu" else ""
         self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}{where}; "
                       f"{sum(p.size for p in model.params.values()):,} parameters"

@@ -59,7 +59,7 @@ def test(engine):
     """Evaluates the saved model on the test set: the seed's three lines, then per-class
     accuracy and the confusion matrix."""
     model = load_trained(engine)
-    data = engine.load_data(test_only=True)
+    data = engine.load_data("test")
     y = data["y_test"]
     predicted = host_probabilities(engine, model, data["x_test"]).argmax(axis=1)
     errors, n = int((predicted != y).sum()), len(y)
@@ -86,7 +86,7 @@ def plot(engine):
     show, folder, split, count = c["show"], c["plot_dir"], c["plot"]["split"], c["plot"]["count"]
     engine.check_writable(os.path.join(folder, "samples.png"), "plot_dir")
     model = load_trained(engine) if c["plot"]["model"] else None
-    data = engine.load_data(test_only=split == "test")
+    data = engine.load_data("test" if split == "test" else None)
     x, y = data[f"x_{split}"][:count], data[f"y_{split}"][:count]
     paths = [plots.samples(x, y, info.class_names, info.image_shape, os.path.join(folder, "samples.png"),
                            show, title=f"{c['dataset']} {split} samples")]

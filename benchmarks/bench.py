@@ -156,7 +156,7 @@ class PreloadedEngine(Engine):
         super().__init__(config, log or Logger(0))
         self.data = data
 
-    def load_data(self, test_only=False):
+    def load_data(self, split=None):
         return dict(self.data)
 
 

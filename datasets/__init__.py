@@ -58,6 +58,11 @@ class Dataset:
         dataset whose test set is in files of its own overrides it to read only those."""
         return self.load(log)
 
+    def load_train(self, log=None):
+        """Only "x_train" and "y_train", for training (which never looks at the test set); by
+        default all that `load` returns, likewise overridden to read only the training files."""
+        return self.load(log)
+
     def classes_note(self):
         """Why the data has `num_classes` classes, when a label sets it, for the message of a network
         whose output does not fit (e.g. "; ... label 12 is at line 57 of train.csv"); '' otherwise."""
@@ -94,14 +99,17 @@ def make_dataset(config):
     return DATASETS[config["dataset"]](data_dir=config["data_dir"], **config["dataset_args"])
 
 
-def load_dataset(dataset, log=None, test_only=False):
-    """dataset.load(log), or dataset.load_test(log) with `test_only`, checked against
-    dataset.info(): shapes, types, value and label ranges."""
-    data, info = (dataset.load_test(log) if test_only else dataset.load(log)), dataset.info()
+def load_dataset(dataset, log=None, split=None):
+    """dataset.load(log), or with `split` "train" or "test" only that split's arrays
+    (dataset.load_train or load_test), checked against dataset.info(): shapes, types, value
+    and label ranges."""
+    load = {None: dataset.load, "train": dataset.load_train, "test": dataset.load_test}[split]
+    data, info = load(log), dataset.info()
+    data = {key: value for key, value in data.items() if split is None or key.endswith(split) or key == "class_names"}
     size = int(np.prod(info.input_shape))
-    for split in ("test",) if test_only else ("train", "test"):
-        x, y = data[f"x_{split}"], data[f"y_{split}"]
-        where = f"{dataset.name} {split} set"
+    for part in (split,) if split else ("train", "test"):
+        x, y = data[f"x_{part}"], data[f"y_{part}"]
+        where = f"{dataset.name} {part} set"
         if len(x) == 0:
             raise DataError(f"{where}: no examples")
         if x.ndim != 2 or x.shape[1] != size or y.shape != (len(x),):
@@ -112,7 +120,7 @@ def load_dataset(dataset, log=None, test_only=False):
                             f"got {y.dtype} in [{y.min()}, {y.max()}]")
         if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise DataError(f"{where}: expected finite values in [0, 1], got [{x.min()}, {x.max()}]")
-        data[f"y_{split}"] = y.astype(np.int64, copy=False)
+        data[f"y_{part}"] = y.astype(np.int64, copy=False)
     return data
 
 

@@ -405,6 +405,9 @@ class MNIST(Dataset):
     def load_test(self, log=None):
         return load_mnist(self.data_dir, log=log, splits=("test",))
 
+    def load_train(self, log=None):
+        return load_mnist(self.data_dir, log=log, splits=("train",))
+
 
 @register_dataset
 class FashionMNIST(Dataset):
@@ -419,6 +422,9 @@ class FashionMNIST(Dataset):
 
     def load_test(self, log=None):
         return self._load(log, ("test",))
+
+    def load_train(self, log=None):
+        return self._load(log, ("train",))
 
     def _load(self, log, splits):
         # FASHION_SYSTEM_DIR is read here, not bound as a default, so tests can point it at a fake package

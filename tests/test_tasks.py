@@ -226,6 +226,21 @@ def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, 
                                              "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz.sha256"]
 
 
+def test_training_reads_only_the_training_files(tmp_path, monkeypatch, mnist_data_dir):
+    import shutil
+    import datasets.mnist
+    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
+    only_train = tmp_path / "data"
+    only_train.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_data_dir / name, only_train / name)
+    config = write_config(tmp_path, data_dir=str(only_train), train_size=500, valid_size=100, num_epochs=1,
+                          log_level=0)
+    assert main([config]) == 0                                   # the test files are never asked for
+    assert not any(name.startswith("t10k") for name in os.listdir(only_train))
+
+
 def test_a_model_file_of_another_network_is_refused_and_the_loaded_file_named(trained, tmp_path, capsys, mnist):
     model_file = trained.replace("config.json", "model.pkl")
     message = run_error(capsys, [trained, "--task", "test", "--set", "network.0.n_out=48", "--set", "network.2.n_in=48"])
