@@ -123,12 +123,18 @@ class Engine:
         task = self.config["task"]
         if resume and task != "train":
             raise ConfigError(f"--resume: only the train task can resume, not {task!r}")
-        try:
+        with self.device_errors():
             if task != "train":
                 return tasks.TASKS[task](self)
             self.check_writable(self.config["model_file"])
             with training_lock(self.config["model_file"]):     # no second run writes model_file meanwhile
                 return self.train(resume, on_epoch)
+
+    @contextlib.contextmanager
+    def device_errors(self):
+        """Turns the device running out of memory into a ConfigError that says what to change."""
+        try:
+            yield
         except Exception as err:
             if self._backend is None or not isinstance(err, self._backend.out_of_memory):
                 raise
