@@ -169,6 +169,8 @@ def check_values(raw, key, entry, config_path):
     for value in entry.get("choices") or entry.get("float") or entry.get("int"):
         try:
             config = trial_config(raw, {key: value}, config_path)
+            if not config["valid_size"]:
+                raise ConfigError("valid_size: the tune task scores trials on the validation split; expected > 0, got 0")
             engine = Engine(config, Logger(0))
             engine.check_fits(build_model(config["network"], engine.dtype, engine.rng, config["network_names"]))
         except ConfigError as err:
@@ -351,6 +353,14 @@ def run_one_trial(plan, study, log, trial_log, stop):
         if isinstance(err, DataError):
             raise
         raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}") from None
+    except Exception as err:                         # a bug: the slot is not lost, the traceback is shown
+        if "trial" in ran:
+            frozen = find_trial(study, ran["trial"].number)
+            if frozen.state == TrialState.FAIL:
+                optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
+            log.warning(trial_line(frozen, plan) + f": stopped by {type(err).__name__}: {err}; "
+                        f"runs again when the study continues")
+        raise
     frozen = find_trial(study, ran["trial"].number)
     if not frozen.user_attrs.get("surplus"):
         log.info(trial_line(frozen, plan))

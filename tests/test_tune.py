@@ -95,6 +95,8 @@ def run_tune(config, *options):
                                             "does not fit"),
     ({"network.9.n_out": {"int": [8, 16]}}, "expected a list index below 3"),
     ({"seed": {"int": [0, 9]}}, "tune.space.seed: seed is set by the tune task for each trial, not searched"),
+    ({"valid_size": {"choices": [0, 100]}},
+     "tune.space.valid_size: the value 0 is refused: valid_size: the tune task scores trials on the validation split"),
 ])
 def test_a_bad_search_space_is_one_line_before_any_trial(tmp_path, capsys, space, message):
     config = tune_config(tmp_path, tmp_path / "data", space=space)
@@ -178,6 +180,25 @@ def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_p
     assert any("lr=0.1  valid" in line and " complete " in line for line in lines), out
     assert "2 trials, 1 complete, 0 pruned, 1 failed" in out
     assert json.loads((tmp_path / "model" / "best.json").read_text())["lr"] == 0.1
+
+
+def test_an_unexpected_error_in_a_trial_keeps_its_traceback_and_queues_its_slot_again(
+        tmp_path, capsys, mnist_data_dir, monkeypatch):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+
+    def broken(self, on_epoch=None):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tune.Engine, "train", broken)
+        with pytest.raises(RuntimeError, match="a bug"):
+            main([config, "--task", "tune"])
+    assert "stopped by RuntimeError: a bug; runs again when the study continues" in capsys.readouterr().err
+    study = study_of(config)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert study.trials[1].system_attrs["failed_trial"] == 0
+    assert main([config, "--task", "tune"]) == 0
+    assert slots(study_of(config)) == {0: "COMPLETE"}
 
 
 def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path, mnist_data_dir):
