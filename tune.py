@@ -74,21 +74,26 @@ class TrialFailed(Exception):
 def run(config_path, overrides, config, log):
     """The tune task: checks the search space and the database, runs the trials with
     `tune.workers` processes, then prints the best trials and writes best.json and the plots
-    (when it is interrupted too, from the trials finished so far)."""
+    (when it is interrupted too, from the trials finished so far). Returns the exit status:
+    1 if a worker process failed (its traceback is above), else 0."""
     plan = make_plan(config_path, overrides, config)
     study, created = open_study(plan)
     add_slots(study, plan, created)
     log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials, "
              f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
+    failed = []
     try:
         if plan["workers"] == 1:
             work(plan, study, log)
         else:
-            run_workers(plan, log)
+            failed = run_workers(plan, log)
     except Interrupted:
         report(plan, study, log)                # the best trials so far
         raise
     report(plan, study, log)
+    for name in failed:
+        log.error(f"{name} failed; see its traceback above")
+    return 1 if failed else 0
 
 
 def make_plan(config_path, overrides, config):
@@ -430,7 +435,8 @@ def remove_checkpoint(model_file):
 
 def run_workers(plan, log):
     """`workers` processes, each running `work` on the same study. They run in sessions of their
-    own, so Ctrl-C reaches this process only, which passes each signal on once."""
+    own, so Ctrl-C reaches this process only, which passes each signal on once. Returns the names
+    of the workers that ended with an unexpected error (their tracebacks are on stderr)."""
     context = multiprocessing.get_context("spawn")    # a fresh interpreter: no database connection shared
     errors = context.SimpleQueue()
     processes = [context.Process(target=worker_process, args=(plan, errors), name=f"worker {i}")
@@ -462,6 +468,7 @@ def run_workers(plan, log):
         raise ConfigError(messages[0])
     if any(p.exitcode == 130 for p in processes):
         raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+    return [p.name for p in processes if p.exitcode > 0]     # a bug, which printed its traceback
 
 
 def worker_process(plan, errors):

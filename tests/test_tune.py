@@ -201,6 +201,21 @@ def test_an_unexpected_error_in_a_trial_keeps_its_traceback_and_queues_its_slot_
     assert slots(study_of(config)) == {0: "COMPLETE"}
 
 
+def test_a_worker_that_fails_with_a_traceback_makes_the_command_fail(tmp_path, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=2)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(      # a bug in every training of every process
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport engine\n"
+        "def broken(self, on_epoch=None):\n    raise RuntimeError('a bug')\nengine.Engine.train = broken\n")
+    process = subprocess.run([sys.executable, str(ROOT / "main.py"), config, "--task", "tune", "--workers", "2"],
+                             capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OPENBLAS_NUM_THREADS": "1"})
+    assert process.returncode == 1, process.stderr
+    assert "RuntimeError: a bug" in process.stderr
+    assert re.search(r"^error: worker [01] failed; see its traceback above$", process.stderr, re.M), process.stderr
+    assert process.stderr.rstrip().splitlines()[-1].startswith("error: worker ")
+
+
 def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, trials=6)
     process = run_tune(config, "--workers", "2")
