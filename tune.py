@@ -238,11 +238,25 @@ def open_study(plan):
         except optuna.exceptions.DuplicatedStudyError:
             study, created = optuna.load_study(study_name=plan["name"], storage=storage,
                                                pruner=make_pruner(plan)), False
+        if created:
+            study.set_user_attr("heartbeat", plan["heartbeat"])
+        else:
+            use_stored_heartbeat(study, storage, plan)
         study.sampler = make_sampler(plan)
         return study, created
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"tune.storage: cannot open the database {plan['shown_url']}: {reason}") from None
+
+
+def use_stored_heartbeat(study, storage, plan):
+    """Every command on a study uses the heartbeat it was created with, since each one decides
+    when the others' trials are stale; waits for the command that creates it to have stored it."""
+    deadline = time.monotonic() + SETUP_WAIT
+    while not {"heartbeat", "trials"} & set(study.user_attrs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    heartbeat = study.user_attrs.get("heartbeat", plan["heartbeat"])
+    plan["heartbeat"], storage.heartbeat_interval, storage.grace_period = heartbeat, heartbeat, 2 * heartbeat
 
 
 def rdb_storage(url, heartbeat, connect, tries=3):
@@ -361,6 +375,11 @@ def run_one_trial(plan, study, log, trial_log, stop):
     except Exception as err:                         # a bug: the slot is not lost, the traceback is shown
         if "trial" in ran:
             frozen = find_trial(study, ran["trial"].number)
+            if (isinstance(err, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+                    and taken_over(study, frozen.number)):    # "Cannot tell a FAIL trial." and the like
+                log.warning(f"trial {frozen.number} was taken over by another worker (its heartbeat was "
+                            f"over {2 * plan['heartbeat']} s old)")
+                return
             if frozen.state == TrialState.FAIL:
                 optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
             log.warning(trial_line(frozen, plan) + f": stopped by {type(err).__name__}: {err}; "
@@ -419,6 +438,11 @@ def suggest(trial, key, entry):
     if "int" in entry:
         return trial.suggest_int(key, *entry["int"], log=entry["log"])
     return trial.suggest_float(key, *entry["float"], log=entry["log"])
+
+
+def taken_over(study, number):
+    """Whether another worker found trial `number`'s heartbeat stale, failed it and queued its slot again."""
+    return any(t.system_attrs.get("failed_trial") == number for t in study.get_trials(deepcopy=False))
 
 
 def find_trial(study, number):

@@ -201,6 +201,39 @@ def test_an_unexpected_error_in_a_trial_keeps_its_traceback_and_queues_its_slot_
     assert slots(study_of(config)) == {0: "COMPLETE"}
 
 
+def test_a_trial_taken_over_by_another_worker_is_left_to_it(tmp_path, capsys, mnist_data_dir, monkeypatch):
+    """Another worker found the trial's heartbeat stale while it trained: it failed the trial and
+    queued its slot again. The first worker, back from training, says so and goes on."""
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    train, calls = tune.Engine.train, []
+
+    def taken_over_while_training(self, on_epoch=None):
+        calls.append(1)
+        if len(calls) > 1:
+            return train(self, on_epoch=on_epoch)
+        study = study_of(config)
+        running, = [t for t in study.trials if t.state.name == "RUNNING"]
+        study._storage.set_trial_state_values(running._trial_id, tune.TrialState.FAIL)
+        tune.optuna.storages.RetryHeartbeatStaleTrialCallback()(study, running)
+        return [{"epoch": 1, "valid_accuracy": 0.5}]
+
+    monkeypatch.setattr(tune.Engine, "train", taken_over_while_training)
+    assert main([config, "--task", "tune"]) == 0
+    captured = capsys.readouterr()
+    assert "trial 0 was taken over by another worker" in captured.err
+    assert "trial 1 (again, for trial 0)" in captured.out and len(calls) == 2
+    assert slots(study_of(config)) == {0: "COMPLETE"}
+
+
+def test_a_study_keeps_the_heartbeat_it_was_created_with(tmp_path, capsys, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    assert main([config, "--task", "tune"]) == 0
+    plan = tune.make_plan(config, ["tune.heartbeat=7"], load_config(config, ["tune.heartbeat=7"]))
+    study = tune.open_study(plan)[0]
+    assert study.user_attrs["heartbeat"] == 1 and plan["heartbeat"] == 1
+    assert study._storage.get_heartbeat_interval() == 1 and study._storage._backend.grace_period == 2
+
+
 def test_a_worker_that_fails_with_a_traceback_makes_the_command_fail(tmp_path, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, trials=2)
     (tmp_path / "site").mkdir()
