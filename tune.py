@@ -165,6 +165,8 @@ def parse_entry(key, entry):
         raise ConfigError(f"{key}.log: expected true or false, got {json.dumps(log)}")
     if log and low <= 0:
         raise ConfigError(f"{key}.{kind}: a log scale needs low > 0, got {low}")
+    if kind == "float":                         # sampled as floats, so checked as floats: 1.0 is no epoch count
+        low, high = float(low), float(high)
     return {kind: [low, high], "log": log}
 
 

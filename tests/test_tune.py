@@ -95,6 +95,7 @@ def run_tune(config, *options):
                                             "does not fit"),
     ({"network.9.n_out": {"int": [8, 16]}}, "expected a list index below 3"),
     ({"seed": {"int": [0, 9]}}, "tune.space.seed: seed is set by the tune task for each trial, not searched"),
+    ({"num_epochs": {"float": [1, 2]}}, "tune.space.num_epochs: the value 1.0 is refused: num_epochs: expected"),
     ({"valid_size": {"choices": [0, 100]}},
      "tune.space.valid_size: the value 0 is refused: valid_size: the tune task scores trials on the validation split"),
 ])
