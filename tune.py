@@ -10,11 +10,12 @@ Its `space` maps keys that `--set` can reach to what to try:
     "network.0.n_out,network.2.n_in": {"int": [64, 512]}         several keys, one value
 Trial k of a study is the config with its sampled values set (as `--set` would), its own seed
 (derived from the study's `seed` and k) and its model file in the study's folder (`model_file`
-without `.pkl`); the engine trains it, with every check a training run has, and reports each
+without `.pkl`, then the study's name, so that studies sharing a database keep their files
+apart; its pictures go in `plot_dir`, then the study's name); the engine trains it, with every check a training run has, and reports each
 validation accuracy to the pruner. The trial's value is its best validation accuracy: the test
 set is never evaluated.
 
-The study lives in a database: by default a SQLite file in the study's folder, or any URL
+The study lives in a database: by default a SQLite file, study.db in `model_file` without `.pkl`, or any URL
 Optuna's RDB storage takes (postgresql://... for several machines). Its trials are made up front
 as WAITING trials, one per "slot" 0..trials-1 (a user attribute). A worker takes one at a time,
 and the database turns a WAITING trial into a RUNNING one for one worker only, so however many
@@ -115,6 +116,10 @@ def make_plan(config_path, overrides, config):
     raw.pop("task", None)
     for key, entry in space.items():
         check_values(raw, key, entry, config_path)
+    name = t["study"] or os.path.splitext(os.path.basename(config_path))[0]
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise ConfigError(f"tune.study: the study's files go in a folder of its name; expected a name without "
+                          f"'/', got {json.dumps(name)}")
     folder = os.path.splitext(c["model_file"])[0]
     Engine(c, Logger(0)).check_writable(os.path.join(folder, "study.db"), "model_file")
     trials = t["trials"]
@@ -125,10 +130,10 @@ def make_plan(config_path, overrides, config):
         trials = int(np.prod([len(entry["choices"]) for entry in space.values()]))    # each combination once
     url = t["storage"] or "sqlite:///" + os.path.abspath(os.path.join(folder, "study.db"))
     return {"config_path": config_path, "raw": raw, "space": space, "folder": folder, "url": url,
-            "storage_given": t["storage"] is not None,
-            "shown_url": shown(url), "name": t["study"] or os.path.splitext(os.path.basename(config_path))[0],
+            "study_folder": os.path.join(folder, name), "storage_given": t["storage"] is not None,
+            "shown_url": shown(url), "name": name,
             "trials": trials, "workers": t["workers"], "sampler": t["sampler"], "pruner": t["pruner"],
-            "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": c["plot_dir"],
+            "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": os.path.join(c["plot_dir"], name),
             "log_level": c["log_level"], "log_file": c["log_file"]}
 
 
@@ -401,7 +406,7 @@ def train_trial(plan, study, trial, trial_log, stop):
         raise Surplus(f"trial {trial.number}: no slot left to run")
     params = {key: suggest(trial, key, entry) for key, entry in plan["space"].items()}
     seed = trial_seed(plan["seed"], slot)
-    model_file = os.path.join(plan["folder"], f"trial_{trial.number}.pkl")
+    model_file = os.path.join(plan["study_folder"], f"trial_{trial.number}.pkl")
     trial.set_user_attr("seed", seed)
 
     def on_epoch(record):
@@ -564,7 +569,7 @@ def write_best(plan, trial):
     """best.json: the config of `trial` (its values and seed), without the tune section."""
     raw = with_params(plan["raw"], trial.params)
     raw["seed"] = trial.user_attrs["seed"]
-    path = os.path.join(plan["folder"], "best.json")
+    path = os.path.join(plan["study_folder"], "best.json")
     with atomic_write(path, "w") as f:
         json.dump(raw, f, indent=2)
         f.write("\n")

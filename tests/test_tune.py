@@ -35,8 +35,8 @@ TRIAL_LINE = re.compile(r"^trial (\d+)(?: \(again, for trial (\d+)\))?  (.*)  (\
 
 
 def tune_config(folder, data_dir, space=SPACE, train_size=1000, num_epochs=2, network=TINY_NET, **tune_keys):
-    """A config of a tiny net on a slice of MNIST, with a tune section; its study folder is
-    folder/model."""
+    """A config of a tiny net on a slice of MNIST, with a tune section; its study's files are in
+    folder/model/config (model_file without .pkl, then the study's name)."""
     return write_config(folder, data_dir=str(data_dir), network=network, train_size=train_size, valid_size=500,
                         num_epochs=num_epochs, tune={"space": space, "heartbeat": 1, **tune_keys})
 
@@ -135,7 +135,7 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
     assert sorted(lines) == [0, 1, 2] and all(" complete " in line for line in lines.values()), out
     assert "study config: 3 trials, 3 complete, 0 pruned, 0 failed" in out and "best trials" in out
 
-    study_folder, study = tmp_path / "model", study_of(config)
+    study_folder, study = tmp_path / "model" / "config", study_of(config)
     seeds = set()
     for trial in study.trials:                  # the model and history of each trial, an ordinary run
         history = json.loads((study_folder / f"trial_{trial.number}.history.json").read_text())
@@ -148,7 +148,7 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
     assert len(seeds) == 3
     assert not list(study_folder.glob("*.ckpt"))                 # no trial is resumed
     for name in ("history", "importances", "slice"):
-        assert (tmp_path / "model_plots" / f"tune_{name}.png").stat().st_size > 10000
+        assert (tmp_path / "model_plots" / "config" / f"tune_{name}.png").stat().st_size > 10000
 
     best = json.loads((study_folder / "best.json").read_text())
     best_trial = max(study.trials, key=lambda t: t.value)
@@ -170,6 +170,19 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
                                                                                    "--trials", "2"])
 
 
+def test_two_studies_in_one_folder_keep_their_files_apart(tmp_path, capsys, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    for name in ("a", "b"):
+        assert main([config, "--task", "tune", "--set", f"tune.study={name}"]) == 0
+    out = capsys.readouterr().out
+    for name in ("a", "b"):
+        assert f"wrote {tmp_path / 'model' / name / 'best.json'}" in out
+        assert (tmp_path / "model" / name / "trial_0.pkl").exists()
+        assert (tmp_path / "model_plots" / name / "tune_history.png").exists()
+    assert "tune.study: the study's files go in a folder of its name" in run_error(
+        capsys, [config, "--task", "tune", "--set", "tune.study=a/b"])
+
+
 def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path, capsys, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, space={"lr": {"choices": [0.1, 1e30]}}, sampler="grid",
                          pruner="none", network=SMALL_NET)          # ReLU: nothing saturates, the loss overflows
@@ -180,7 +193,7 @@ def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_p
     assert any("lr=1e+30  failed: training diverged at epoch 1" in line for line in lines), out
     assert any("lr=0.1  valid" in line and " complete " in line for line in lines), out
     assert "2 trials, 1 complete, 0 pruned, 1 failed" in out
-    assert json.loads((tmp_path / "model" / "best.json").read_text())["lr"] == 0.1
+    assert json.loads((tmp_path / "model" / "config" / "best.json").read_text())["lr"] == 0.1
 
 
 def test_an_unexpected_error_in_a_trial_keeps_its_traceback_and_queues_its_slot_again(
@@ -273,7 +286,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
     same values and seed."""
     config = tune_config(tmp_path, mnist_data_dir, trials=2, **LONG_TRIALS)
     process = run_tune(config)
-    wait_for(tmp_path / "model" / "trial_0.history.json", process)       # trial 0 is past its first epoch
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)       # trial 0 is past its first epoch
     process.kill()
     process.communicate()
     rerun = run_tune(config)
@@ -291,8 +304,8 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
 def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, trials=3, **LONG_TRIALS)
     process = run_tune(config, "--workers", "2")
-    wait_for(tmp_path / "model" / "trial_0.history.json", process)
-    wait_for(tmp_path / "model" / "trial_1.history.json", process)       # both workers are training
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)
+    wait_for(tmp_path / "model" / "config" / "trial_1.history.json", process)       # both workers are training
     children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     workers = [int(pid) for pid in children if "spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(workers) == 2
@@ -312,7 +325,7 @@ def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, mnist_data_dir, workers):
     config = tune_config(tmp_path, mnist_data_dir, trials=2, **LONG_TRIALS)
     process = run_tune(config, "--workers", workers)
-    wait_for(tmp_path / "model" / "trial_0.history.json", process)
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)
     process.send_signal(signal.SIGINT)
     sent = time.monotonic()
     out, err = process.communicate(timeout=60)
@@ -321,7 +334,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, mnist_data_dir, work
     assert "interrupted: rerun the same command to continue study config" in err
     assert ": stopped, runs again when the study continues" in out
     assert "study config: 2 trials, " in out                             # the report of what is done
-    assert not glob.glob(str(tmp_path / "model" / "*.ckpt"))
+    assert not glob.glob(str(tmp_path / "model" / "config" / "*.ckpt"))
     states = [t.state.name for t in study_of(config).trials]
     assert "RUNNING" not in states and "FAIL" in states              # the stopped trial, recorded as failed
     rerun = run_tune(config, "--workers", workers)
