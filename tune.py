@@ -42,7 +42,7 @@ import warnings
 
 import numpy as np
 
-from config import apply_override, read_json, validate
+from config import apply_override, changes, read_json, validate
 from engine import Engine, Interrupted, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
@@ -245,15 +245,44 @@ def open_study(plan):
         except optuna.exceptions.DuplicatedStudyError:
             study, created = optuna.load_study(study_name=plan["name"], storage=storage,
                                                pruner=make_pruner(plan)), False
-        if created:
+        if created:                             # the heartbeat last: a command that loads it waits for it
+            study.set_user_attr("space", plan["space"])
+            study.set_user_attr("config", plan["raw"])
             study.set_user_attr("heartbeat", plan["heartbeat"])
         else:
             use_stored_heartbeat(study, storage, plan)
         study.sampler = make_sampler(plan)
-        return study, created
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"tune.storage: cannot open the database {plan['shown_url']}: {reason}") from None
+    if not created:
+        check_unchanged(study, plan)
+    return study, created
+
+
+# keys that change where a trial's files go or what it prints, not what it trains: another
+# machine may set them its own way
+PLACE_KEYS = ("model_file", "plot_dir", "plot", "show", "input", "save_prepared", "log_file", "log_level",
+              "data_dir", "device")
+
+
+def check_unchanged(study, plan):
+    """A study's trials are comparable, and best.json is the config its best trial trained, only
+    if every command runs the search space and the base config the study was created with."""
+    name, stored = plan["name"], study.user_attrs
+    if "space" in stored and stored["space"] != plan["space"]:
+        old, new = stored["space"], plan["space"]
+        changed = [f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+                   for key in [*new, *(k for k in old if k not in new)] if old.get(key) != new.get(key)]
+        raise ConfigError(f"tune.space: study {name} was created with another search space ({'; '.join(changed)}); "
+                          f"use its space, or another tune.study")
+    if "config" in stored:
+        changed = changes(validate({**copy.deepcopy(stored["config"]), "task": "train"}, plan["config_path"]),
+                          validate({**copy.deepcopy(plan["raw"]), "task": "train"}, plan["config_path"]),
+                          ignore=PLACE_KEYS)
+        if changed:
+            raise ConfigError(f"study {name} was created with another config ({'; '.join(changed)}); "
+                              f"use its config, or another tune.study")
 
 
 def use_stored_heartbeat(study, storage, plan):

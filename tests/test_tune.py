@@ -183,6 +183,19 @@ def test_two_studies_in_one_folder_keep_their_files_apart(tmp_path, capsys, mnis
         capsys, [config, "--task", "tune", "--set", "tune.study=a/b"])
 
 
+def test_a_study_refuses_another_search_space_or_base_config(tmp_path, capsys, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    assert main([config, "--task", "tune"]) == 0
+    capsys.readouterr()
+    message = run_error(capsys, [config, "--task", "tune", "--set", 'tune.space.lr={"float": [0.01, 0.2]}'])
+    assert message.startswith('error: tune.space: study config was created with another search space '
+                              '(lr: {"float": [0.02, 0.5], "log": true} -> {"float": [0.01, 0.2], "log": false})')
+    message = run_error(capsys, [config, "--task", "tune", "--set", "batch_size=50"])
+    assert message.startswith("error: study config was created with another config (batch_size: 100 -> 50)")
+    assert main([config, "--task", "tune", "--trials", "2", "--set", "log_level=0"]) == 0   # where and how loud: free
+    assert slots(study_of(config)) == {0: "COMPLETE", 1: "COMPLETE"}
+
+
 def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path, capsys, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, space={"lr": {"choices": [0.1, 1e30]}}, sampler="grid",
                          pruner="none", network=SMALL_NET)          # ReLU: nothing saturates, the loss overflows
