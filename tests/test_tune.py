@@ -47,13 +47,14 @@ def trial_lines(out):
     for line in out.splitlines():
         match = TRIAL_LINE.match(line)
         if match:
-            assert match.group(1) not in lines, out
-            lines[int(match.group(1))] = line
+            number = int(match.group(1))
+            assert number not in lines, out
+            lines[number] = line
     return lines
 
 
 def study_of(config):
-    """The study of a config file, through tune's own functions (this file never imports optuna)."""
+    """The study of a config file, through tune's own functions (the Optuna it uses is tune.optuna)."""
     return tune.open_study(tune.make_plan(config, [], load_config(config)))[0]
 
 
@@ -367,37 +368,39 @@ def server_program(name):
 @pytest.fixture(scope="module")
 def postgres_url():
     """A PostgreSQL server of its own, on a free port of 127.0.0.1, for this module's tests."""
-    initdb, pg_ctl = server_program("initdb"), server_program("pg_ctl")
-    if not (initdb and pg_ctl):
+    initdb, pg_ctl, createdb = (server_program(name) for name in ("initdb", "pg_ctl", "createdb"))
+    if not (initdb and pg_ctl and createdb):
         pytest.skip("PostgreSQL's server is not installed (Debian: apt-get install postgresql, as .ci/run does)")
-    run_as = []
-    folder = tempfile.mkdtemp(prefix="nnfs-postgres-")
-    if os.geteuid() == 0:                           # the server refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run the server as")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = os.path.join(folder, "data")
-    options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
-    steps = [[initdb, "-D", data, "-U", "tune", "-A", "trust", "--no-sync"],
-             [pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-o", options, "-w", "start"],
-             [server_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune",
-              "tune"]]
+    run_as, folder, data = [], None, None
     try:
+        folder = tempfile.mkdtemp(prefix="nnfs-postgres-")
+        if os.geteuid() == 0:                       # the server refuses to run as root
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no postgres user to run the server as")
+            os.chown(folder, user.pw_uid, user.pw_gid)
+            run_as = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        data = os.path.join(folder, "data")
+        options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        steps = [[initdb, "-D", data, "-U", "tune", "-A", "trust", "--no-sync"],
+                 [pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-o", options, "-w", "start"],
+                 [createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "tune", "tune"]]
         for step in steps:
             done = subprocess.run(run_as + step, capture_output=True, text=True, timeout=60)
             if done.returncode:
                 pytest.skip(f"could not start PostgreSQL: {' '.join(step[:1])}: {done.stderr.strip()[-300:]}")
         yield f"postgresql://tune@127.0.0.1:{port}/tune"
     finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(run_as + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+        if data and os.path.exists(data):
+            with contextlib.suppress(Exception):
+                subprocess.run(run_as + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True,
+                               timeout=60)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_two_commands_share_a_study_in_postgresql(tmp_path, mnist_data_dir, postgres_url):
