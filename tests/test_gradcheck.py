@@ -177,6 +177,16 @@ def test_a_layer_that_rebinds_its_grads_fails_with_the_reason(user_folder, tmp_p
     assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[1] (Scale)\n"
 
 
+def test_a_file_that_registers_a_class_and_then_fails_leaves_no_class_behind(user_folder, tmp_path, capsys):
+    (user_folder / "half_done.py").write_text("from nn_module import NNModule, register\n\n\n"
+                                              "@register\nclass HalfDone(NNModule):\n    pass\n\n\n"
+                                              "raise ImportError('a missing package')\n")
+    discover()
+    assert "HalfDone" not in LAYERS and BROKEN["half_done"].startswith("layers/half_done.py: ImportError")
+    message = run_error(capsys, [write_config(tmp_path, network=[{"class": "HalfDone"}]), "--task", "summary"])
+    assert message.startswith("error: network[0].class: unknown 'HalfDone'") and "a missing package" in message
+
+
 @pytest.mark.parametrize("code,reason", [
     ("def broken(:\n", "layers/mine.py line 1: SyntaxError"),
     ("from nn_module import NNModule, register\n\n\n@register\nclass Linear(NNModule):\n    pass\n",
