@@ -11,18 +11,20 @@ Its `space` maps keys that `--set` can reach to what to try:
 Trial k of a study is the config with its sampled values set (as `--set` would), its own seed
 (derived from the study's `seed` and k) and its model file in the study's folder (`model_file`
 without `.pkl`, then the study's name, so that studies sharing a database keep their files
-apart; its pictures go in `plot_dir`, then the study's name); the engine trains it, with every check a training run has, and reports each
-validation accuracy to the pruner. The trial's value is its best validation accuracy: the test
-set is never evaluated.
+apart; its pictures go in `plot_dir`, then the study's name); the engine trains it, with every
+check a training run has, and reports each validation accuracy to the pruner. The trial's value
+is its best validation accuracy: the test set is never evaluated.
 
-The study lives in a database: by default a SQLite file, study.db in `model_file` without `.pkl`, or any URL
-Optuna's RDB storage takes (postgresql://... for several machines). Its trials are made up front
-as WAITING trials, one per "slot" 0..trials-1 (a user attribute). A worker takes one at a time,
+The study lives in a database: by default a SQLite file, study.db in `model_file` without
+`.pkl`, or any URL Optuna's RDB storage takes (postgresql://... for several machines). It keeps
+the search space, the base config and the heartbeat it was created with; a command with another
+space or config is refused. Its trials are made up front as WAITING trials, one per "slot"
+0..trials-1 (a user attribute). A worker takes one at a time,
 and the database turns a WAITING trial into a RUNNING one for one worker only, so however many
 workers, commands and machines share the study, each slot runs once, and running the command
 again continues where the study stopped.
 
-A slot's trial that is lost (Ctrl-C, SIGKILL, data that cannot be read) is recorded as FAIL
+A slot's trial that is lost (Ctrl-C, SIGKILL, data that cannot be read, a bug) is recorded as FAIL
 without a "failure" attribute and copied to a new WAITING trial with the same values and seed,
 by this module (Ctrl-C) or by Optuna's heartbeat (a worker that stopped beating for two
 heartbeats). A trial that fails on its own account (training diverges) keeps FAIL with its
@@ -182,7 +184,8 @@ def check_values(raw, key, entry, config_path):
         try:
             config = trial_config(raw, {key: value}, config_path)
             if not config["valid_size"]:
-                raise ConfigError("valid_size: the tune task scores trials on the validation split; expected > 0, got 0")
+                raise ConfigError("valid_size: the tune task scores trials on the validation split; "
+                                  "expected > 0, got 0")
             engine = Engine(config, Logger(0))
             engine.check_fits(build_model(config["network"], engine.dtype, engine.rng, config["network_names"]))
         except ConfigError as err:
