@@ -19,7 +19,9 @@ A layer must also write its gradients in place: each grads[k] is the same array 
 as before it. One that rebinds `self.grads[k] = ...` passes the differences, yet in training
 its parameter would learn nothing: the trainer packs every gradient into one array, which the
 optimizer reads (model.py, Model.pack), and a rebound grads[k] is detached from it. Such a
-layer FAILS, with that reason.
+layer FAILS, with that reason, and so does one whose backward modifies the grad_y it is given
+(the layer below it would get a changed gradient). A layer whose forward fails FAILS with the
+error, and the layers after it are "not reached".
 
 A layer that draws random numbers (Dropout) is given the same seed before every forward pass,
 so its mask stays fixed while the differences are taken. A layer with running statistics
@@ -88,19 +90,22 @@ def check_layer(layer, x, rng):
 
     g = rng.normal(size=layer.forward(x).shape)
     f()
-    before = dict(layer.grads)
-    analytic = {"input": layer.backward(g.copy()), **{k: v.copy() for k, v in layer.grads.items()}}
+    before, grad_y = dict(layer.grads), g.copy()
+    analytic = {"input": layer.backward(grad_y), **{k: v.copy() for k, v in layer.grads.items()}}
     rebound = [k for k, array in before.items() if layer.grads.get(k) is not array]
+    modified = not np.array_equal(grad_y, g)         # the layer below would get a changed gradient
     arrays = {"input": x, **layer.params}
     errors = []
     for name, array in arrays.items():
         index = sample(array.shape, rng)
         errors.append(relative_error(analytic[name][index], numeric_grad(f, array, index)))
-    why = ""
+    reasons = []
     if rebound:                                    # a packed model would train a detached array
-        why = (f" (backward rebinds {', '.join(f'grads[{k!r}]' for k in rebound)}; write into the array "
-               f"in place, as in self.grads[{rebound[0]!r}][...] = ...)")
-    return max(errors), why
+        reasons.append(f"backward rebinds {', '.join(f'grads[{k!r}]' for k in rebound)}; write into the array "
+                       f"in place, as in self.grads[{rebound[0]!r}][...] = ...")
+    if modified:
+        reasons.append("backward modifies grad_y; compute into a new array")
+    return max(errors), "".join(f" ({reason})" for reason in reasons)
 
 
 def check_loss(loss, pred, labels, rng):
@@ -115,31 +120,53 @@ def run(config, input_shape, log):
     """Checks every layer and the loss, one line each; GradcheckFailed names those that fail."""
     rng = np.random.default_rng(config["seed"])
     model = build_model(config["network"], np.float64, rng, config["network_names"])
-    shapes = [tuple(input_shape)] + model.output_shapes(input_shape)
-    if len(shapes[-1]) != 1:
+    try:
+        shapes = [tuple(input_shape)] + model.output_shapes(input_shape)
+    except ConfigError:                                # a layer that does not fit: the config's fault
+        raise
+    except Exception:                                  # a layer being written: found and reported below
+        shapes = None
+    if shapes and len(shapes[-1]) != 1:
         raise ConfigError(f"network: the last layer gives {shapes[-1]} per example; the loss needs (classes,)")
     log.result(f"gradcheck: float64, a batch of {BATCH}, central differences (eps {EPS:g}) on up to {SAMPLES} "
                f"entries of the input and of each parameter; ok below {TOLERANCE:g}")
-    results = []
-    for layer, name, shape in zip(model.layers, model.names, shapes):
+    results, probe = [], np.zeros((1, *input_shape))  # probe: one zero sample, carried from layer to layer
+    for layer, name in zip(model.layers, model.names):
         modes = ("train", "eval") if layer.state else ("train",)
-        for mode in modes:
+        labels = [f"{name} ({type(layer).__name__}{', ' + mode + ' mode' if len(modes) > 1 else ''})"
+                  for mode in modes]
+        if probe is None:
+            results.extend((label, np.nan, None) for label in labels)
+            continue
+        try:                                       # the layer's input shape, then its output for the next
+            shape = probe.shape[1:]
+            probe = layer.eval().forward(probe)
+        except Exception as err:                   # a layer being written can fail in any way
+            results.extend((label, np.nan, f" ({type(err).__name__}: {err})") for label in labels)
+            probe = None
+            continue
+        for mode, label in zip(modes, labels):
             layer.train(mode == "train")
-            label = f"{name} ({type(layer).__name__}{', ' + mode + ' mode' if len(modes) > 1 else ''})"
             try:
                 results.append((label, *check_layer(layer, away_from_kinks((BATCH, *shape), rng), rng)))
-            except Exception as err:               # a layer being written can fail in any way
+            except Exception as err:
                 results.append((label, np.nan, f" ({type(err).__name__}: {err})"))
-    loss = LOSSES[config["loss"]](np.float64)
-    pred = away_from_kinks((BATCH, *shapes[-1]), rng)
-    if isinstance(model.layers[-1], Softmax):         # CrossEntropyLoss takes probabilities
-        pred = model.layers[-1].forward(pred)
-    labels = rng.integers(0, shapes[-1][0], BATCH)
-    results.append((f"loss ({config['loss']})", check_loss(loss, pred, labels, rng), ""))
+    label = f"loss ({config['loss']})"
+    if probe is None:
+        results.append((label, np.nan, None))
+    else:
+        loss = LOSSES[config["loss"]](np.float64)
+        pred = away_from_kinks((BATCH, *shapes[-1]), rng)
+        if isinstance(model.layers[-1], Softmax):         # CrossEntropyLoss takes probabilities
+            pred = model.layers[-1].forward(pred)
+        labels = rng.integers(0, shapes[-1][0], BATCH)
+        results.append((label, check_loss(loss, pred, labels, rng), ""))
     width = max(len(label) for label, _, _ in results)
-    for label, error, why in results:
-        log.result(f"{label:<{width}}  {error:.2e}  {'ok' if error < TOLERANCE and not why else 'FAILED'}{why}")
-    failed = [label for label, error, why in results if why or not error < TOLERANCE]
+    for label, error, why in results:                  # why None: an earlier layer failed to run
+        passed = why is not None and error < TOLERANCE and not why
+        verdict = "not reached" if why is None else f"{error:.2e}  {'ok' if passed else 'FAILED'}{why}"
+        log.result(f"{label:<{width}}  {verdict}")
+    failed = [label for label, error, why in results if why is not None and (why or not error < TOLERANCE)]
     if failed:
         raise GradcheckFailed(f"gradcheck: {len(failed)} of {len(results)} FAILED: {', '.join(failed)}")
     return results

@@ -112,9 +112,10 @@ def main(argv=None):
             if args.resume:
                 raise ConfigError("--resume: the tune task continues its study by itself; run the same command again")
             import tune                           # imports Optuna, which only this task needs
-            tune.run(args.config, overrides, config, log)
+            status = tune.run(args.config, overrides, config, log)
         else:
             Engine(config, log).run(args.resume)
+            status = 0
     except ConfigError as err:
         _tell(log, f"error: {err}")
         return 2
@@ -135,7 +136,7 @@ def main(argv=None):
             log.close()
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -10,18 +10,21 @@ Its `space` maps keys that `--set` can reach to what to try:
     "network.0.n_out,network.2.n_in": {"int": [64, 512]}         several keys, one value
 Trial k of a study is the config with its sampled values set (as `--set` would), its own seed
 (derived from the study's `seed` and k) and its model file in the study's folder (`model_file`
-without `.pkl`); the engine trains it, with every check a training run has, and reports each
-validation accuracy to the pruner. The trial's value is its best validation accuracy: the test
-set is never evaluated.
+without `.pkl`, then the study's name, so that studies sharing a database keep their files
+apart; its pictures go in `plot_dir`, then the study's name); the engine trains it, with every
+check a training run has, and reports each validation accuracy to the pruner. The trial's value
+is its best validation accuracy: the test set is never evaluated.
 
-The study lives in a database: by default a SQLite file in the study's folder, or any URL
-Optuna's RDB storage takes (postgresql://... for several machines). Its trials are made up front
-as WAITING trials, one per "slot" 0..trials-1 (a user attribute). A worker takes one at a time,
+The study lives in a database: by default a SQLite file, study.db in `model_file` without
+`.pkl`, or any URL Optuna's RDB storage takes (postgresql://... for several machines). It keeps
+the search space, the base config and the heartbeat it was created with; a command with another
+space or config is refused. Its trials are made up front as WAITING trials, one per "slot"
+0..trials-1 (a user attribute). A worker takes one at a time,
 and the database turns a WAITING trial into a RUNNING one for one worker only, so however many
 workers, commands and machines share the study, each slot runs once, and running the command
 again continues where the study stopped.
 
-A slot's trial that is lost (Ctrl-C, SIGKILL, data that cannot be read) is recorded as FAIL
+A slot's trial that is lost (Ctrl-C, SIGKILL, data that cannot be read, a bug) is recorded as FAIL
 without a "failure" attribute and copied to a new WAITING trial with the same values and seed,
 by this module (Ctrl-C) or by Optuna's heartbeat (a worker that stopped beating for two
 heartbeats). A trial that fails on its own account (training diverges) keeps FAIL with its
@@ -41,7 +44,7 @@ import warnings
 
 import numpy as np
 
-from config import apply_override, read_json, validate
+from config import apply_override, changes, read_json, validate
 from engine import Engine, Interrupted, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
@@ -74,21 +77,26 @@ class TrialFailed(Exception):
 def run(config_path, overrides, config, log):
     """The tune task: checks the search space and the database, runs the trials with
     `tune.workers` processes, then prints the best trials and writes best.json and the plots
-    (when it is interrupted too, from the trials finished so far)."""
+    (when it is interrupted too, from the trials finished so far). Returns the exit status:
+    1 if a worker process failed (its traceback is above), else 0."""
     plan = make_plan(config_path, overrides, config)
     study, created = open_study(plan)
     add_slots(study, plan, created)
     log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials, "
              f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
+    failed = []
     try:
         if plan["workers"] == 1:
             work(plan, study, log)
         else:
-            run_workers(plan, log)
+            failed = run_workers(plan, log)
     except Interrupted:
         report(plan, study, log)                # the best trials so far
         raise
     report(plan, study, log)
+    for name in failed:
+        log.error(f"{name} failed; see its traceback above")
+    return 1 if failed else 0
 
 
 def make_plan(config_path, overrides, config):
@@ -110,6 +118,10 @@ def make_plan(config_path, overrides, config):
     raw.pop("task", None)
     for key, entry in space.items():
         check_values(raw, key, entry, config_path)
+    name = t["study"] or os.path.splitext(os.path.basename(config_path))[0]
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise ConfigError(f"tune.study: the study's files go in a folder of its name; expected a name without "
+                          f"'/', got {json.dumps(name)}")
     folder = os.path.splitext(c["model_file"])[0]
     Engine(c, Logger(0)).check_writable(os.path.join(folder, "study.db"), "model_file")
     trials = t["trials"]
@@ -120,10 +132,10 @@ def make_plan(config_path, overrides, config):
         trials = int(np.prod([len(entry["choices"]) for entry in space.values()]))    # each combination once
     url = t["storage"] or "sqlite:///" + os.path.abspath(os.path.join(folder, "study.db"))
     return {"config_path": config_path, "raw": raw, "space": space, "folder": folder, "url": url,
-            "storage_given": t["storage"] is not None,
-            "shown_url": shown(url), "name": t["study"] or os.path.splitext(os.path.basename(config_path))[0],
+            "study_folder": os.path.join(folder, name), "storage_given": t["storage"] is not None,
+            "shown_url": shown(url), "name": name,
             "trials": trials, "workers": t["workers"], "sampler": t["sampler"], "pruner": t["pruner"],
-            "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": c["plot_dir"],
+            "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": os.path.join(c["plot_dir"], name),
             "log_level": c["log_level"], "log_file": c["log_file"]}
 
 
@@ -160,6 +172,8 @@ def parse_entry(key, entry):
         raise ConfigError(f"{key}.log: expected true or false, got {json.dumps(log)}")
     if log and low <= 0:
         raise ConfigError(f"{key}.{kind}: a log scale needs low > 0, got {low}")
+    if kind == "float":                         # sampled as floats, so checked as floats: 1.0 is no epoch count
+        low, high = float(low), float(high)
     return {kind: [low, high], "log": log}
 
 
@@ -169,6 +183,9 @@ def check_values(raw, key, entry, config_path):
     for value in entry.get("choices") or entry.get("float") or entry.get("int"):
         try:
             config = trial_config(raw, {key: value}, config_path)
+            if not config["valid_size"]:
+                raise ConfigError("valid_size: the tune task scores trials on the validation split; "
+                                  "expected > 0, got 0")
             engine = Engine(config, Logger(0))
             engine.check_fits(build_model(config["network"], engine.dtype, engine.rng, config["network_names"]))
         except ConfigError as err:
@@ -231,11 +248,54 @@ def open_study(plan):
         except optuna.exceptions.DuplicatedStudyError:
             study, created = optuna.load_study(study_name=plan["name"], storage=storage,
                                                pruner=make_pruner(plan)), False
+        if created:                             # the heartbeat last: a command that loads it waits for it
+            study.set_user_attr("space", plan["space"])
+            study.set_user_attr("config", plan["raw"])
+            study.set_user_attr("heartbeat", plan["heartbeat"])
+        else:
+            use_stored_heartbeat(study, storage, plan)
         study.sampler = make_sampler(plan)
-        return study, created
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"tune.storage: cannot open the database {plan['shown_url']}: {reason}") from None
+    if not created:
+        check_unchanged(study, plan)
+    return study, created
+
+
+# keys that change where a trial's files go or what it prints, not what it trains: another
+# machine may set them its own way
+PLACE_KEYS = ("model_file", "plot_dir", "plot", "show", "input", "save_prepared", "log_file", "log_level",
+              "data_dir", "device")
+
+
+def check_unchanged(study, plan):
+    """A study's trials are comparable, and best.json is the config its best trial trained, only
+    if every command runs the search space and the base config the study was created with."""
+    name, stored = plan["name"], study.user_attrs
+    if "space" in stored and stored["space"] != plan["space"]:
+        old, new = stored["space"], plan["space"]
+        changed = [f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
+                   for key in [*new, *(k for k in old if k not in new)] if old.get(key) != new.get(key)]
+        raise ConfigError(f"tune.space: study {name} was created with another search space ({'; '.join(changed)}); "
+                          f"use its space, or another tune.study")
+    if "config" in stored:
+        changed = changes(validate({**copy.deepcopy(stored["config"]), "task": "train"}, plan["config_path"]),
+                          validate({**copy.deepcopy(plan["raw"]), "task": "train"}, plan["config_path"]),
+                          ignore=PLACE_KEYS)
+        if changed:
+            raise ConfigError(f"study {name} was created with another config ({'; '.join(changed)}); "
+                              f"use its config, or another tune.study")
+
+
+def use_stored_heartbeat(study, storage, plan):
+    """Every command on a study uses the heartbeat it was created with, since each one decides
+    when the others' trials are stale; waits for the command that creates it to have stored it."""
+    deadline = time.monotonic() + SETUP_WAIT
+    while not {"heartbeat", "trials"} & set(study.user_attrs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    heartbeat = study.user_attrs.get("heartbeat", plan["heartbeat"])
+    plan["heartbeat"], storage.heartbeat_interval, storage.grace_period = heartbeat, heartbeat, 2 * heartbeat
 
 
 def rdb_storage(url, heartbeat, connect, tries=3):
@@ -351,6 +411,19 @@ def run_one_trial(plan, study, log, trial_log, stop):
         if isinstance(err, DataError):
             raise
         raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}") from None
+    except Exception as err:                         # a bug: the slot is not lost, the traceback is shown
+        if "trial" in ran:
+            frozen = find_trial(study, ran["trial"].number)
+            if (isinstance(err, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+                    and taken_over(study, frozen.number)):    # "Cannot tell a FAIL trial." and the like
+                log.warning(f"trial {frozen.number} was taken over by another worker (its heartbeat was "
+                            f"over {2 * plan['heartbeat']} s old)")
+                return
+            if frozen.state == TrialState.FAIL:
+                optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
+            log.warning(trial_line(frozen, plan) + f": stopped by {type(err).__name__}: {err}; "
+                        f"runs again when the study continues")
+        raise
     frozen = find_trial(study, ran["trial"].number)
     if not frozen.user_attrs.get("surplus"):
         log.info(trial_line(frozen, plan))
@@ -365,7 +438,7 @@ def train_trial(plan, study, trial, trial_log, stop):
         raise Surplus(f"trial {trial.number}: no slot left to run")
     params = {key: suggest(trial, key, entry) for key, entry in plan["space"].items()}
     seed = trial_seed(plan["seed"], slot)
-    model_file = os.path.join(plan["folder"], f"trial_{trial.number}.pkl")
+    model_file = os.path.join(plan["study_folder"], f"trial_{trial.number}.pkl")
     trial.set_user_attr("seed", seed)
 
     def on_epoch(record):
@@ -406,6 +479,11 @@ def suggest(trial, key, entry):
     return trial.suggest_float(key, *entry["float"], log=entry["log"])
 
 
+def taken_over(study, number):
+    """Whether another worker found trial `number`'s heartbeat stale, failed it and queued its slot again."""
+    return any(t.system_attrs.get("failed_trial") == number for t in study.get_trials(deepcopy=False))
+
+
 def find_trial(study, number):
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
 
@@ -420,7 +498,8 @@ def remove_checkpoint(model_file):
 
 def run_workers(plan, log):
     """`workers` processes, each running `work` on the same study. They run in sessions of their
-    own, so Ctrl-C reaches this process only, which passes each signal on once."""
+    own, so Ctrl-C reaches this process only, which passes each signal on once. Returns the names
+    of the workers that ended with an unexpected error (their tracebacks are on stderr)."""
     context = multiprocessing.get_context("spawn")    # a fresh interpreter: no database connection shared
     errors = context.SimpleQueue()
     processes = [context.Process(target=worker_process, args=(plan, errors), name=f"worker {i}")
@@ -452,6 +531,7 @@ def run_workers(plan, log):
         raise ConfigError(messages[0])
     if any(p.exitcode == 130 for p in processes):
         raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+    return [p.name for p in processes if p.exitcode > 0]     # a bug, which printed its traceback
 
 
 def worker_process(plan, errors):
@@ -521,7 +601,7 @@ def write_best(plan, trial):
     """best.json: the config of `trial` (its values and seed), without the tune section."""
     raw = with_params(plan["raw"], trial.params)
     raw["seed"] = trial.user_attrs["seed"]
-    path = os.path.join(plan["folder"], "best.json")
+    path = os.path.join(plan["study_folder"], "best.json")
     with atomic_write(path, "w") as f:
         json.dump(raw, f, indent=2)
         f.write("\n")

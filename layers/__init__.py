@@ -14,24 +14,30 @@ asked for.
 import importlib
 import pkgutil
 
+import nn_module
+
 BROKEN = {}     # module file name -> why it could not be imported
 
 
 def discover():
     """Imports every module of this package not imported yet, so that its layers register.
-    A module that fails is recorded in BROKEN (file name -> reason) instead of raising."""
+    A module that fails is recorded in BROKEN (file name -> reason) instead of raising, and the
+    classes it registered before failing are taken out again: they belong to a half-run file."""
     for module in pkgutil.iter_modules(__path__):
         if module.name in BROKEN:
             continue
+        registered = dict(nn_module.LAYERS)
         try:
             importlib.import_module(f"{__name__}.{module.name}")
         except Exception as err:        # a user's file can fail in any way; the others still work
+            nn_module.LAYERS.clear()
+            nn_module.LAYERS.update(registered)
             where = f" line {err.lineno}" if isinstance(err, SyntaxError) else ""
             BROKEN[module.name] = f"layers/{module.name}.py{where}: {type(err).__name__}: {err}"
 
 
 def broken_files():
-    """"; <reason>" for every file that could not be imported, to end an unknown-class message."""
+    """'; <reason>' for every file that could not be imported, to end an unknown-class message."""
     return "".join(f"; {reason}" for reason in BROKEN.values())
 
 

@@ -126,6 +126,35 @@ def test_a_layer_without_backward_is_one_failed_line(user_folder, tmp_path, caps
     assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[0] (Half)\n"
 
 
+def test_a_layer_whose_forward_fails_is_failed_and_the_rest_not_reached(user_folder, tmp_path, capsys):
+    (user_folder / "broken.py").write_text("from nn_module import NNModule, register\n\n\n"
+                                           "@register\nclass Broken(NNModule):\n"
+                                           "    def forward(self, x):\n        raise RuntimeError('a bug')\n")
+    discover()
+    config = write_config(tmp_path, network=[readme_network()[0], {"class": "Broken"}, readme_network()[2]])
+    assert main([config, "--task", "gradcheck"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"network\[0\] \(Linear\) +\S+  ok", captured.out), captured.out
+    assert re.search(r"network\[1\] \(Broken\) +nan  FAILED \(RuntimeError: a bug\)", captured.out), captured.out
+    assert re.search(r"network\[2\] \(Linear\) +not reached", captured.out), captured.out
+    assert re.search(r"loss \(\w+\) +not reached", captured.out), captured.out
+    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[1] (Broken)\n"
+
+
+def test_a_layer_that_modifies_grad_y_fails_with_the_reason(user_folder, tmp_path, capsys):
+    (user_folder / "halve.py").write_text("from nn_module import NNModule, register\n\n\n"
+                                          "@register\nclass Halve(NNModule):\n"
+                                          "    def forward(self, x):\n        return x / 2\n"
+                                          "    def backward(self, grad_y):\n        grad_y /= 2\n"
+                                          "        return grad_y\n")
+    discover()
+    config = write_config(tmp_path, network=[{"class": "Halve"}, *readme_network()[:1], readme_network()[2]])
+    assert main([config, "--task", "gradcheck"]) == 2
+    captured = capsys.readouterr()
+    assert re.search(r"network\[0\] \(Halve\) +\S+  FAILED \(backward modifies grad_y", captured.out), captured.out
+    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[0] (Halve)\n"
+
+
 def test_a_layer_that_rebinds_its_grads_fails_with_the_reason(user_folder, tmp_path, capsys):
     """Its gradients are right, but a packed model would never see them (model.py, Model.pack)."""
     (user_folder / "scale.py").write_text(
@@ -146,6 +175,16 @@ def test_a_layer_that_rebinds_its_grads_fails_with_the_reason(user_folder, tmp_p
     assert row and float(row.group(1)) < 1e-6                       # the numbers alone would pass
     assert re.search(r"network\[0\] \(Linear\) +\S+  ok\n", captured.out)
     assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[1] (Scale)\n"
+
+
+def test_a_file_that_registers_a_class_and_then_fails_leaves_no_class_behind(user_folder, tmp_path, capsys):
+    (user_folder / "half_done.py").write_text("from nn_module import NNModule, register\n\n\n"
+                                              "@register\nclass HalfDone(NNModule):\n    pass\n\n\n"
+                                              "raise ImportError('a missing package')\n")
+    discover()
+    assert "HalfDone" not in LAYERS and BROKEN["half_done"].startswith("layers/half_done.py: ImportError")
+    message = run_error(capsys, [write_config(tmp_path, network=[{"class": "HalfDone"}]), "--task", "summary"])
+    assert message.startswith("error: network[0].class: unknown 'HalfDone'") and "a missing package" in message
 
 
 @pytest.mark.parametrize("code,reason", [

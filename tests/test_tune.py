@@ -35,8 +35,8 @@ TRIAL_LINE = re.compile(r"^trial (\d+)(?: \(again, for trial (\d+)\))?  (.*)  (\
 
 
 def tune_config(folder, data_dir, space=SPACE, train_size=1000, num_epochs=2, network=TINY_NET, **tune_keys):
-    """A config of a tiny net on a slice of MNIST, with a tune section; its study folder is
-    folder/model."""
+    """A config of a tiny net on a slice of MNIST, with a tune section; its study's files are in
+    folder/model/config (model_file without .pkl, then the study's name)."""
     return write_config(folder, data_dir=str(data_dir), network=network, train_size=train_size, valid_size=500,
                         num_epochs=num_epochs, tune={"space": space, "heartbeat": 1, **tune_keys})
 
@@ -47,13 +47,14 @@ def trial_lines(out):
     for line in out.splitlines():
         match = TRIAL_LINE.match(line)
         if match:
-            assert match.group(1) not in lines, out
-            lines[int(match.group(1))] = line
+            number = int(match.group(1))
+            assert number not in lines, out
+            lines[number] = line
     return lines
 
 
 def study_of(config):
-    """The study of a config file, through tune's own functions (this file never imports optuna)."""
+    """The study of a config file, through tune's own functions (the Optuna it uses is tune.optuna)."""
     return tune.open_study(tune.make_plan(config, [], load_config(config)))[0]
 
 
@@ -95,6 +96,9 @@ def run_tune(config, *options):
                                             "does not fit"),
     ({"network.9.n_out": {"int": [8, 16]}}, "expected a list index below 3"),
     ({"seed": {"int": [0, 9]}}, "tune.space.seed: seed is set by the tune task for each trial, not searched"),
+    ({"num_epochs": {"float": [1, 2]}}, "tune.space.num_epochs: the value 1.0 is refused: num_epochs: expected"),
+    ({"valid_size": {"choices": [0, 100]}},
+     "tune.space.valid_size: the value 0 is refused: valid_size: the tune task scores trials on the validation split"),
 ])
 def test_a_bad_search_space_is_one_line_before_any_trial(tmp_path, capsys, space, message):
     config = tune_config(tmp_path, tmp_path / "data", space=space)
@@ -132,7 +136,7 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
     assert sorted(lines) == [0, 1, 2] and all(" complete " in line for line in lines.values()), out
     assert "study config: 3 trials, 3 complete, 0 pruned, 0 failed" in out and "best trials" in out
 
-    study_folder, study = tmp_path / "model", study_of(config)
+    study_folder, study = tmp_path / "model" / "config", study_of(config)
     seeds = set()
     for trial in study.trials:                  # the model and history of each trial, an ordinary run
         history = json.loads((study_folder / f"trial_{trial.number}.history.json").read_text())
@@ -145,7 +149,7 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
     assert len(seeds) == 3
     assert not list(study_folder.glob("*.ckpt"))                 # no trial is resumed
     for name in ("history", "importances", "slice"):
-        assert (tmp_path / "model_plots" / f"tune_{name}.png").stat().st_size > 10000
+        assert (tmp_path / "model_plots" / "config" / f"tune_{name}.png").stat().st_size > 10000
 
     best = json.loads((study_folder / "best.json").read_text())
     best_trial = max(study.trials, key=lambda t: t.value)
@@ -167,6 +171,32 @@ def test_a_study_end_to_end_continues_when_run_again(tmp_path, capsys, mnist_dat
                                                                                    "--trials", "2"])
 
 
+def test_two_studies_in_one_folder_keep_their_files_apart(tmp_path, capsys, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    for name in ("a", "b"):
+        assert main([config, "--task", "tune", "--set", f"tune.study={name}"]) == 0
+    out = capsys.readouterr().out
+    for name in ("a", "b"):
+        assert f"wrote {tmp_path / 'model' / name / 'best.json'}" in out
+        assert (tmp_path / "model" / name / "trial_0.pkl").exists()
+        assert (tmp_path / "model_plots" / name / "tune_history.png").exists()
+    assert "tune.study: the study's files go in a folder of its name" in run_error(
+        capsys, [config, "--task", "tune", "--set", "tune.study=a/b"])
+
+
+def test_a_study_refuses_another_search_space_or_base_config(tmp_path, capsys, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    assert main([config, "--task", "tune"]) == 0
+    capsys.readouterr()
+    message = run_error(capsys, [config, "--task", "tune", "--set", 'tune.space.lr={"float": [0.01, 0.2]}'])
+    assert message.startswith('error: tune.space: study config was created with another search space '
+                              '(lr: {"float": [0.02, 0.5], "log": true} -> {"float": [0.01, 0.2], "log": false})')
+    message = run_error(capsys, [config, "--task", "tune", "--set", "batch_size=50"])
+    assert message.startswith("error: study config was created with another config (batch_size: 100 -> 50)")
+    assert main([config, "--task", "tune", "--trials", "2", "--set", "log_level=0"]) == 0   # where and how loud: free
+    assert slots(study_of(config)) == {0: "COMPLETE", 1: "COMPLETE"}
+
+
 def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_path, capsys, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, space={"lr": {"choices": [0.1, 1e30]}}, sampler="grid",
                          pruner="none", network=SMALL_NET)          # ReLU: nothing saturates, the loss overflows
@@ -177,7 +207,74 @@ def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_p
     assert any("lr=1e+30  failed: training diverged at epoch 1" in line for line in lines), out
     assert any("lr=0.1  valid" in line and " complete " in line for line in lines), out
     assert "2 trials, 1 complete, 0 pruned, 1 failed" in out
-    assert json.loads((tmp_path / "model" / "best.json").read_text())["lr"] == 0.1
+    assert json.loads((tmp_path / "model" / "config" / "best.json").read_text())["lr"] == 0.1
+
+
+def test_an_unexpected_error_in_a_trial_keeps_its_traceback_and_queues_its_slot_again(
+        tmp_path, capsys, mnist_data_dir, monkeypatch):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+
+    def broken(self, on_epoch=None):
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tune.Engine, "train", broken)
+        with pytest.raises(RuntimeError, match="a bug"):
+            main([config, "--task", "tune"])
+    assert "stopped by RuntimeError: a bug; runs again when the study continues" in capsys.readouterr().err
+    study = study_of(config)
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]
+    assert study.trials[1].system_attrs["failed_trial"] == 0
+    assert main([config, "--task", "tune"]) == 0
+    assert slots(study_of(config)) == {0: "COMPLETE"}
+
+
+def test_a_trial_taken_over_by_another_worker_is_left_to_it(tmp_path, capsys, mnist_data_dir, monkeypatch):
+    """Another worker found the trial's heartbeat stale while it trained: it failed the trial and
+    queued its slot again. The first worker, back from training, says so and goes on."""
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    train, calls = tune.Engine.train, []
+
+    def taken_over_while_training(self, on_epoch=None):
+        calls.append(1)
+        if len(calls) > 1:
+            return train(self, on_epoch=on_epoch)
+        study = study_of(config)
+        running, = [t for t in study.trials if t.state.name == "RUNNING"]
+        study._storage.set_trial_state_values(running._trial_id, tune.TrialState.FAIL)
+        tune.optuna.storages.RetryHeartbeatStaleTrialCallback()(study, running)
+        return [{"epoch": 1, "valid_accuracy": 0.5}]
+
+    monkeypatch.setattr(tune.Engine, "train", taken_over_while_training)
+    assert main([config, "--task", "tune"]) == 0
+    captured = capsys.readouterr()
+    assert "trial 0 was taken over by another worker" in captured.err
+    assert "trial 1 (again, for trial 0)" in captured.out and len(calls) == 2
+    assert slots(study_of(config)) == {0: "COMPLETE"}
+
+
+def test_a_study_keeps_the_heartbeat_it_was_created_with(tmp_path, capsys, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=1)
+    assert main([config, "--task", "tune"]) == 0
+    plan = tune.make_plan(config, ["tune.heartbeat=7"], load_config(config, ["tune.heartbeat=7"]))
+    study = tune.open_study(plan)[0]
+    assert study.user_attrs["heartbeat"] == 1 and plan["heartbeat"] == 1
+    assert study._storage.get_heartbeat_interval() == 1 and study._storage._backend.grace_period == 2
+
+
+def test_a_worker_that_fails_with_a_traceback_makes_the_command_fail(tmp_path, mnist_data_dir):
+    config = tune_config(tmp_path, mnist_data_dir, trials=2)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(      # a bug in every training of every process
+        f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport engine\n"
+        "def broken(self, on_epoch=None):\n    raise RuntimeError('a bug')\nengine.Engine.train = broken\n")
+    process = subprocess.run([sys.executable, str(ROOT / "main.py"), config, "--task", "tune", "--workers", "2"],
+                             capture_output=True, text=True, timeout=240,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OPENBLAS_NUM_THREADS": "1"})
+    assert process.returncode == 1, process.stderr
+    assert "RuntimeError: a bug" in process.stderr
+    assert re.search(r"^error: worker [01] failed; see its traceback above$", process.stderr, re.M), process.stderr
+    assert process.stderr.rstrip().splitlines()[-1].startswith("error: worker ")
 
 
 def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path, mnist_data_dir):
@@ -203,7 +300,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
     same values and seed."""
     config = tune_config(tmp_path, mnist_data_dir, trials=2, **LONG_TRIALS)
     process = run_tune(config)
-    wait_for(tmp_path / "model" / "trial_0.history.json", process)       # trial 0 is past its first epoch
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)       # trial 0 is past its first epoch
     process.kill()
     process.communicate()
     rerun = run_tune(config)
@@ -221,8 +318,8 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
 def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, trials=3, **LONG_TRIALS)
     process = run_tune(config, "--workers", "2")
-    wait_for(tmp_path / "model" / "trial_0.history.json", process)
-    wait_for(tmp_path / "model" / "trial_1.history.json", process)       # both workers are training
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)
+    wait_for(tmp_path / "model" / "config" / "trial_1.history.json", process)       # both workers are training
     children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
     workers = [int(pid) for pid in children if "spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_text()]
     assert len(workers) == 2
@@ -242,7 +339,7 @@ def test_a_killed_worker_s_trial_is_run_again_by_the_others(tmp_path, mnist_data
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, mnist_data_dir, workers):
     config = tune_config(tmp_path, mnist_data_dir, trials=2, **LONG_TRIALS)
     process = run_tune(config, "--workers", workers)
-    wait_for(tmp_path / "model" / "trial_0.history.json", process)
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)
     process.send_signal(signal.SIGINT)
     sent = time.monotonic()
     out, err = process.communicate(timeout=60)
@@ -251,7 +348,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path, mnist_data_dir, work
     assert "interrupted: rerun the same command to continue study config" in err
     assert ": stopped, runs again when the study continues" in out
     assert "study config: 2 trials, " in out                             # the report of what is done
-    assert not glob.glob(str(tmp_path / "model" / "*.ckpt"))
+    assert not glob.glob(str(tmp_path / "model" / "config" / "*.ckpt"))
     states = [t.state.name for t in study_of(config).trials]
     assert "RUNNING" not in states and "FAIL" in states              # the stopped trial, recorded as failed
     rerun = run_tune(config, "--workers", workers)
@@ -271,37 +368,39 @@ def server_program(name):
 @pytest.fixture(scope="module")
 def postgres_url():
     """A PostgreSQL server of its own, on a free port of 127.0.0.1, for this module's tests."""
-    initdb, pg_ctl = server_program("initdb"), server_program("pg_ctl")
-    if not (initdb and pg_ctl):
+    initdb, pg_ctl, createdb = (server_program(name) for name in ("initdb", "pg_ctl", "createdb"))
+    if not (initdb and pg_ctl and createdb):
         pytest.skip("PostgreSQL's server is not installed (Debian: apt-get install postgresql, as .ci/run does)")
-    run_as = []
-    folder = tempfile.mkdtemp(prefix="nnfs-postgres-")
-    if os.geteuid() == 0:                           # the server refuses to run as root
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no postgres user to run the server as")
-        os.chown(folder, user.pw_uid, user.pw_gid)
-        run_as = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = os.path.join(folder, "data")
-    options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
-    steps = [[initdb, "-D", data, "-U", "tune", "-A", "trust", "--no-sync"],
-             [pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-o", options, "-w", "start"],
-             [server_program("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tune",
-              "tune"]]
+    run_as, folder, data = [], None, None
     try:
+        folder = tempfile.mkdtemp(prefix="nnfs-postgres-")
+        if os.geteuid() == 0:                       # the server refuses to run as root
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no postgres user to run the server as")
+            os.chown(folder, user.pw_uid, user.pw_gid)
+            run_as = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        data = os.path.join(folder, "data")
+        options = f"-k {folder} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        steps = [[initdb, "-D", data, "-U", "tune", "-A", "trust", "--no-sync"],
+                 [pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-o", options, "-w", "start"],
+                 [createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "tune", "tune"]]
         for step in steps:
             done = subprocess.run(run_as + step, capture_output=True, text=True, timeout=60)
             if done.returncode:
                 pytest.skip(f"could not start PostgreSQL: {' '.join(step[:1])}: {done.stderr.strip()[-300:]}")
         yield f"postgresql://tune@127.0.0.1:{port}/tune"
     finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(run_as + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
-        shutil.rmtree(folder, ignore_errors=True)
+        if data and os.path.exists(data):
+            with contextlib.suppress(Exception):
+                subprocess.run(run_as + [pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True,
+                               timeout=60)
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_two_commands_share_a_study_in_postgresql(tmp_path, mnist_data_dir, postgres_url):
