@@ -452,7 +452,9 @@ def train_trial(plan, study, trial, trial_log, stop):
 
     try:
         config = trial_config(plan["raw"], params, plan["config_path"], seed=seed, model_file=model_file)
-        history = Engine(config, trial_log).train(on_epoch=on_epoch)
+        engine = Engine(config, trial_log)
+        with engine.device_errors():                 # a GPU too small for this trial fails it, in one line
+            history = engine.train(on_epoch=on_epoch)
     except DataError:
         raise                                        # not the trial's fault: the study stops
     except ConfigError as err:                       # diverged, or values the checks refuse together
