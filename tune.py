@@ -414,10 +414,15 @@ def run_one_trial(plan, study, log, trial_log, stop):
     except Exception as err:                         # a bug: the slot is not lost, the traceback is shown
         if "trial" in ran:
             frozen = find_trial(study, ran["trial"].number)
-            if (isinstance(err, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
-                    and taken_over(study, frozen.number)):    # "Cannot tell a FAIL trial." and the like
+            told_elsewhere = isinstance(err, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+            if told_elsewhere and taken_over(study, frozen.number):    # "Cannot tell a FAIL trial." and the like
                 log.warning(f"trial {frozen.number} was taken over by another worker (its heartbeat was "
                             f"over {2 * plan['heartbeat']} s old)")
+                return
+            if told_elsewhere and frozen.state.is_finished():
+                # SQLite cannot lock a row, so two workers may take the same waiting trial at the same
+                # moment; the first to finish records it ("Cannot tell a COMPLETE trial." for the other).
+                log.warning(f"trial {frozen.number} was also run by another worker, whose result it keeps")
                 return
             if frozen.state == TrialState.FAIL:
                 optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
