@@ -211,15 +211,22 @@ def test_a_failed_plot_or_training_leaves_no_empty_folder(tmp_path, capsys, monk
     assert sorted(os.listdir(tmp_path)) == ["config.json"]              # no models/, no net_plots/, no data/
 
 
-def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, mnist_data_dir):
+def data_dir_with(names, tmp_path, monkeypatch, mnist_data_dir):
+    """A data_dir holding only the MNIST files `names`, with no mirror to fetch the others from."""
     import shutil
     import datasets.mnist
     monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
     monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
-    only_test = tmp_path / "data"
-    only_test.mkdir()
-    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(mnist_data_dir / name, only_test / name)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(mnist_data_dir / name, folder / name)
+    return folder
+
+
+def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, mnist_data_dir):
+    only_test = data_dir_with(("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"), tmp_path, monkeypatch,
+                              mnist_data_dir)
     assert main([trained, "--task", "test", "--set", f"data_dir={only_test}"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith("/10000")
     assert sorted(os.listdir(only_test)) == ["t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz.sha256",
@@ -227,14 +234,8 @@ def test_test_reads_only_the_test_files(trained, tmp_path, capsys, monkeypatch, 
 
 
 def test_training_reads_only_the_training_files(tmp_path, monkeypatch, mnist_data_dir):
-    import shutil
-    import datasets.mnist
-    monkeypatch.setattr(datasets.mnist, "MIRRORS", [])
-    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "no_mirror_here"))
-    only_train = tmp_path / "data"
-    only_train.mkdir()
-    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
-        shutil.copy(mnist_data_dir / name, only_train / name)
+    only_train = data_dir_with(("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"), tmp_path, monkeypatch,
+                               mnist_data_dir)
     config = write_config(tmp_path, data_dir=str(only_train), train_size=500, valid_size=100, num_epochs=1,
                           log_level=0)
     assert main([config]) == 0                                   # the test files are never asked for
