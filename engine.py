@@ -48,7 +48,9 @@ class Interrupted(Exception):
 @contextlib.contextmanager
 def stop_requests():
     """An Event that SIGINT and SIGTERM set instead of stopping the program at once: the training
-    loop checks it between batches. A second signal raises KeyboardInterrupt straight away."""
+    loop checks it between batches. A second signal raises KeyboardInterrupt straight away.
+    Nested (a tune worker around a training run), a signal sets the enclosing Event too, so the
+    outer loop stops even when the inner one had already finished its last batch."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():   # only it may handle signals
         yield stop
@@ -58,8 +60,14 @@ def stop_requests():
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        enclosing = getattr(previous.get(signum), "stop", None)
+        if enclosing is not None:
+            enclosing.set()
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    handler.stop = stop
+    previous = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        previous[s] = signal.signal(s, handler)
     try:
         yield stop
     finally:

@@ -342,3 +342,16 @@ def test_a_second_training_into_one_model_file_is_refused_until_the_first_ends(t
         first.wait()
     assert main([config, "--set", "num_epochs=1", "--set", "train_size=1000", "-q"]) == 0
     assert not lock.exists()
+
+
+def test_a_signal_stops_the_enclosing_loop_too():
+    """A tune worker's loop around a training run hears a Ctrl-C that arrives after the run's last batch."""
+    import os
+    from engine import stop_requests
+    with stop_requests() as outer:
+        with stop_requests() as inner:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert inner.wait(5)
+        assert outer.is_set()
+    with stop_requests() as alone:
+        assert not alone.is_set()
