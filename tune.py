@@ -39,6 +39,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 import warnings
 
@@ -544,6 +545,7 @@ def run_workers(plan, log):
 def worker_process(plan, errors):
     """One worker process: exit status 0 done, 130 interrupted, 2 with its message in `errors`."""
     os.setsid()
+    threading.Thread(target=stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     log = Logger(plan["log_level"], plan["log_file"])
     try:
         work(plan, open_study(plan)[0], log)
@@ -554,6 +556,14 @@ def worker_process(plan, errors):
         raise SystemExit(130)
     finally:
         log.close()
+
+
+def stop_when_orphaned(parent):
+    """Stops this worker as a Ctrl-C does once the command that started it is gone (killed, or its
+    terminal closed): its own session keeps it from hearing that, and its trial runs again later."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 # ---- what the study found ---------------------------------------------------------------------

@@ -416,3 +416,27 @@ def test_two_commands_share_a_study_in_postgresql(tmp_path, mnist_data_dir, post
     assert sorted(numbers[0] + numbers[1]) == list(range(6)), outputs     # each trial printed by one command
     assert numbers[0] and numbers[1], outputs                             # and both took part
     assert_each_trial_ran_once(study_of(configs[0]), 6)
+
+
+def test_workers_stop_when_their_command_is_killed(tmp_path, mnist_data_dir):
+    """Workers run in sessions of their own, so no terminal signal reaches them; when the command
+    that started them dies, they stop as after a Ctrl-C and leave no trial RUNNING."""
+    config = tune_config(tmp_path, mnist_data_dir, trials=2, **{**LONG_TRIALS, "num_epochs": 100_000})
+    process = run_tune(config, "--workers", "2")
+    wait_for(tmp_path / "model" / "config" / "trial_0.history.json", process)
+    children = pathlib.Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+    assert workers, "the command started no worker processes"
+    alive = lambda: [pid for pid in workers if pathlib.Path(f"/proc/{pid}").exists()
+                     and "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text().lower()]
+    process.kill()
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 20                    # their trials would train for hours
+    try:
+        while alive():
+            assert time.monotonic() < deadline, "the workers outlived their command"
+            time.sleep(0.2)
+    finally:
+        for pid in alive():
+            os.kill(pid, signal.SIGKILL)
+    assert "RUNNING" not in [t.state.name for t in study_of(config).trials]
