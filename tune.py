@@ -83,7 +83,8 @@ def run(config_path, overrides, config, log):
     plan = make_plan(config_path, overrides, config)
     study, created = open_study(plan)
     add_slots(study, plan, created)
-    log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials, "
+    grid = " (grid: every combination once, whatever tune.trials says)" if plan["sampler"] == "grid" else ""
+    log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials{grid}, "
              f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
     failed = []
     try:

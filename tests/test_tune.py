@@ -207,6 +207,7 @@ def test_a_diverging_trial_is_failed_with_its_reason_and_the_study_goes_on(tmp_p
     assert any("lr=1e+30  failed: training diverged at epoch 1" in line for line in lines), out
     assert any("lr=0.1  valid" in line and " complete " in line for line in lines), out
     assert "2 trials, 1 complete, 0 pruned, 1 failed" in out
+    assert "2 trials (grid: every combination once, whatever tune.trials says)" in out
     assert json.loads((tmp_path / "model" / "config" / "best.json").read_text())["lr"] == 0.1
 
 
