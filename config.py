@@ -21,6 +21,7 @@ from backend import DEVICES
 from datasets import BROKEN, DATASETS
 from errors import ConfigError
 from layers import broken_files
+from model import default_names
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
 
@@ -297,7 +298,7 @@ def check_layers(network):
     if isinstance(network, dict):
         names, specs = [f"network.{name}" for name in network], list(network.values())
     elif isinstance(network, list):
-        names, specs = [f"network[{i}]" for i in range(len(network))], network
+        names, specs = default_names(len(network)), network
     else:
         raise ConfigError(f"network: expected a list of layers or an object of named layers, "
                           f"got {_describe(network)}")
@@ -403,7 +404,7 @@ def changes(old, new, ignore=(), only=("",), shown=6):
     network given as a list and the same one as named layers do not differ. Only keys starting
     with one of `only`, and none of `ignore`, are compared; after `shown` changes, the rest are counted."""
     old_layers, new_layers = old.get("network") or [], new["network"]
-    names = list(new["network_names"]) + [f"network[{i}]" for i in range(len(new_layers), len(old_layers))]
+    names = list(new["network_names"]) + default_names(len(old_layers))[len(new_layers):]
     before, after = _leaves(old, names), _leaves(new, names)
     found = [f"network: {len(old_layers)} layers -> {len(new_layers)}"] if len(old_layers) != len(new_layers) else []
     for key in [*after, *(k for k in before if k not in after)]:

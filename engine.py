@@ -32,7 +32,7 @@ from errors import ConfigError, DataError, ModelFileError
 from log import fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from utils import atomic_write, copy_arrays, read_pickle, save_model, training_lock
+from utils import atomic_write, check_writable, copy_arrays, read_pickle, save_model, training_lock
 
 EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
 
@@ -134,7 +134,7 @@ class Engine:
         with self.device_errors():
             if task != "train":
                 return tasks.TASKS[task](self)
-            self.check_writable(self.config["model_file"])
+            check_writable(self.config["model_file"], "model_file")
             with training_lock(self.config["model_file"]):     # no second run writes model_file meanwhile
                 return self.train(resume, on_epoch)
 
@@ -168,18 +168,6 @@ class Engine:
             raise ConfigError(f"network: the last layer gives {output} per example, but "
                               f"{self.config['dataset']} has {num_classes} classes: expected ({num_classes},)"
                               f"{self.dataset.classes_note()}")
-
-    def check_writable(self, path, key="model_file"):
-        """ConfigError unless a file could be written at `path`. Nothing is created here (the file's
-        folder is made when the file is written), so a run that fails leaves no empty folder."""
-        folder = os.path.dirname(os.path.abspath(path))
-        existing = folder
-        while not os.path.exists(existing):               # the nearest folder that exists, which would hold it
-            existing = os.path.dirname(existing)
-        if not os.path.isdir(existing):
-            raise ConfigError(f"{key}: cannot create folder {folder}: {existing} is a file")
-        if os.path.isdir(path) or not os.access(existing, os.W_OK):
-            raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
 
     def build_optimizer(self):
         c = self.config
@@ -254,7 +242,7 @@ class Engine:
                           "train_accuracy": progress["correct"] / len(x_train),
                           "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
                 if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
-                    record["valid_loss"], record["valid_accuracy"], _ = self.evaluate(model, loss, x_valid, y_valid)
+                    record["valid_loss"], record["valid_accuracy"] = self.evaluate(model, loss, x_valid, y_valid)
                     self.keep_if_best(model, record, progress)
                 record["seconds"] = progress["seconds"] + time.perf_counter() - start
                 progress["history"].append(record)
@@ -332,10 +320,9 @@ class Engine:
                              f"{fmt(progress['first_loss'])} (try a lower lr than {lr:g})")
 
     def evaluate(self, model, loss, x, y):
-        """(mean loss, accuracy, predicted classes) of `model` in eval mode."""
+        """(mean loss, accuracy) of `model` in eval mode."""
         out = forward_in_eval_mode(model, x)
-        predictions = out.argmax(axis=1)
-        return float(loss.forward(out, y)), float((predictions == y).mean()), predictions
+        return float(loss.forward(out, y)), float((out.argmax(axis=1) == y).mean())
 
     # ---- checkpoints and history -------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from datasets.prepare import prepare_image
 from errors import ConfigError, DataError, ModelFileError
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
-from utils import atomic_write, load_model
+from utils import atomic_write, check_writable, load_model
 
 
 def load_trained(engine):
@@ -84,7 +84,7 @@ def plot(engine):
     import plots
     c, info = engine.config, engine.info
     show, folder, split, count = c["show"], c["plot_dir"], c["plot"]["split"], c["plot"]["count"]
-    engine.check_writable(os.path.join(folder, "samples.png"), "plot_dir")
+    check_writable(os.path.join(folder, "samples.png"), "plot_dir")
     model = load_trained(engine) if c["plot"]["model"] else None
     data = engine.load_data("test" if split == "test" else None)
     x, y = data[f"x_{split}"][:count], data[f"y_{split}"][:count]
@@ -125,7 +125,7 @@ def predict(engine):
     model = load_trained(engine)
     targets = [os.path.join(c["plot_dir"], name) for name in prepared_names(c["input"])]
     if c["save_prepared"]:
-        engine.check_writable(targets[0], "plot_dir")
+        check_writable(targets[0], "plot_dir")
     names, results, failed = info.class_names, {}, []
     for path, target in zip(c["input"], targets):
         try:

@@ -50,7 +50,7 @@ from engine import Engine, Interrupted, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
 from model import build_model
-from utils import atomic_write
+from utils import atomic_write, check_writable
 
 try:
     import optuna
@@ -107,12 +107,13 @@ def make_plan(config_path, overrides, config):
     if not t or not t["space"]:
         raise ConfigError('tune.space: the tune task needs a search space, e.g. "tune": {"space": '
                           '{"lr": {"float": [0.01, 1.0], "log": true}}}')
-    if not c["valid_size"]:
-        raise ConfigError("valid_size: the tune task scores trials on the validation split; expected > 0, got 0")
+    check_validates(c)
     space = {key: parse_entry(f"tune.space.{key}", entry) for key, entry in t["space"].items()}
     for key in space:
-        for reserved in {k.strip().split(".")[0] for k in key.split(",")} & {"seed", "model_file", "task", "tune"}:
-            raise ConfigError(f"tune.space.{key}: {reserved} is set by the tune task for each trial, not searched")
+        reserved = {k.strip().split(".")[0] for k in key.split(",")} & {"seed", "model_file", "task", "tune"}
+        if reserved:
+            raise ConfigError(f"tune.space.{key}: {reserved.pop()} is set by the tune task for each trial, "
+                              "not searched")
     raw = read_json(config_path)
     for assignment in overrides:
         apply_override(raw, assignment)
@@ -125,7 +126,7 @@ def make_plan(config_path, overrides, config):
         raise ConfigError(f"tune.study: the study's files go in a folder of its name; expected a name without "
                           f"'/', got {json.dumps(name)}")
     folder = os.path.splitext(c["model_file"])[0]
-    Engine(c, Logger(0)).check_writable(os.path.join(folder, "study.db"), "model_file")
+    check_writable(os.path.join(folder, "study.db"), "model_file")
     trials = t["trials"]
     if t["sampler"] == "grid":
         if any("choices" not in entry for entry in space.values()):
@@ -179,15 +180,19 @@ def parse_entry(key, entry):
     return {kind: [low, high], "log": log}
 
 
+def check_validates(config):
+    """ConfigError unless the config holds out a validation split: it is what scores a trial."""
+    if not config["valid_size"]:
+        raise ConfigError("valid_size: the tune task scores trials on the validation split; expected > 0, got 0")
+
+
 def check_values(raw, key, entry, config_path):
     """Each choice, or both ends of a range, set into the config as `--set` would, must pass the
     config check and build a network that fits the data; else one ConfigError naming the key."""
     for value in entry.get("choices") or entry.get("float") or entry.get("int"):
         try:
             config = trial_config(raw, {key: value}, config_path)
-            if not config["valid_size"]:
-                raise ConfigError("valid_size: the tune task scores trials on the validation split; "
-                                  "expected > 0, got 0")
+            check_validates(config)
             engine = Engine(config, Logger(0))
             engine.check_fits(build_model(config["network"], engine.dtype, engine.rng, config["network_names"]))
         except ConfigError as err:

@@ -69,7 +69,7 @@ def training_lock(model_file):
         yield
         return
     path = model_file + ".lock"
-    made = _missing_folders(os.path.dirname(os.path.abspath(path)))
+    made = missing_folders(os.path.dirname(os.path.abspath(path)))
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         while True:
@@ -101,13 +101,26 @@ def training_lock(model_file):
                 os.rmdir(folder)
 
 
-def _missing_folders(folder):
+def missing_folders(folder):
     """The folders that do not exist on the way to `folder`, deepest first."""
     missing = []
     while not os.path.exists(folder):
         missing.append(folder)
         folder = os.path.dirname(folder)
     return missing
+
+
+def check_writable(path, key):
+    """ConfigError (naming the config's `key`) unless a file could be written at `path`. Nothing is
+    created here (the file's folder is made when the file is written), so a run that fails leaves
+    no empty folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    missing = missing_folders(folder)
+    existing = os.path.dirname(missing[-1]) if missing else folder    # the nearest folder that would hold it
+    if not os.path.isdir(existing):
+        raise ConfigError(f"{key}: cannot create folder {folder}: {existing} is a file")
+    if os.path.isdir(path) or not os.access(existing, os.W_OK):
+        raise ConfigError(f"{key}: cannot write {path} (not a writable file path)")
 
 
 def _is_same_file(f, path):
