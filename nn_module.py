@@ -446,7 +446,8 @@ class MaxPool2D(_Pool2D):
         for t, tap in enumerate(taps(x, self.kernel_size, self.stride)):
             if y is None:
                 index_type = np.min_scalar_type(self.kernel_size ** 2 - 1)   # uint8 up to 16x16 windows
-                y, self.first = tap.copy(), np.zeros_like(tap, dtype=index_type)   # first: the tap holding the max
+                y = tap.copy()                                    # C order, whatever the layout of x
+                self.first = np.zeros_like(y, dtype=index_type)    # the tap holding the max, laid out as y
             else:
                 larger = tap > y                                  # strictly: a tie keeps the earlier tap
                 np.copyto(self.first, t, where=larger)
