@@ -438,20 +438,21 @@ class MaxPool2D(_Pool2D):
 
     def __init__(self, kernel_size, stride=None, dtype=np.float32):
         super().__init__(kernel_size, stride, dtype)
-        self.first = None
+        self.winner = None
 
     def forward(self, x):
         check_image(x, None, self.kernel_size, 0)
-        y = None
-        for t, tap in enumerate(taps(x, self.kernel_size, self.stride)):
-            if y is None:
-                index_type = np.min_scalar_type(self.kernel_size ** 2 - 1)   # uint8 up to 16x16 windows
-                y = tap.copy()                                    # C order, whatever the layout of x
-                self.first = np.zeros_like(y, dtype=index_type)    # the tap holding the max, laid out as y
-            else:
-                larger = tap > y                                  # strictly: a tie keeps the earlier tap
-                np.copyto(self.first, t, where=larger)
-                np.maximum(y, tap, out=y)
+        window = taps(x, self.kernel_size, self.stride)
+        y = window[0].copy()                                      # C order, whatever the layout of x
+        for tap in window[1:]:
+            np.maximum(y, tap, out=y)
+        # winner[t]: tap t is where its window's gradient goes, the first tap equal to the max
+        self.winner = np.empty_like(y, dtype=bool, shape=(len(window), *y.shape))
+        taken = np.zeros_like(y, dtype=bool)                      # a tie keeps the earlier tap
+        for t, tap in enumerate(window):
+            is_max = tap == y
+            np.logical_and(is_max, ~taken, out=self.winner[t])
+            taken |= is_max
         self.x_shape = x.shape
         return y
 
@@ -461,9 +462,9 @@ class MaxPool2D(_Pool2D):
         grad_x = (np.empty_like if tiled else np.zeros_like)(grad_y, shape=self.x_shape)
         for t, into in enumerate(taps(grad_x, k, s)):             # the pixels tap t read
             if tiled:
-                np.multiply(grad_y, self.first == t, out=into)
+                np.multiply(grad_y, self.winner[t], out=into)
             else:                                                 # overlapping windows add up
-                into += grad_y * (self.first == t)
+                into += grad_y * self.winner[t]
         return grad_x
 
 
