@@ -562,6 +562,13 @@ class Dropout(NNModule):
         return f"p={self.p}"
 
 
+def per_channel_dot(a, b):
+    """sum(a * b) over every axis but the channel axis 1, for (N, C) or (N, C, H, W) arrays a
+    and b: (C,). One pass over both, without writing the product a * b to memory first."""
+    n, c = a.shape[:2]
+    return np.einsum("ncx,ncx->c", a.reshape(n, c, -1), b.reshape(n, c, -1))
+
+
 @register
 class BatchNorm(NNModule):
     """Batch normalisation: y = gamma * (x - mean) / sqrt(var + eps) + beta, per feature/channel.
@@ -600,7 +607,7 @@ class BatchNorm(NNModule):
         if self.training:
             mean = x.mean(axis=self.axes)
             centred = x - mean.reshape(shape)
-            var = (centred * centred).mean(axis=self.axes)
+            var = per_channel_dot(centred, centred) / (x.size // self.num_features)
             if x.size > self.num_features:                       # one value per channel has no variance
                 for key, batch in (("running_mean", mean), ("running_var", var)):
                     self.state[key] *= self.momentum             # running = momentum running + (1 - momentum) batch
@@ -617,7 +624,7 @@ class BatchNorm(NNModule):
 
     def backward(self, grad_y):
         shape = (1, -1) + (1,) * (grad_y.ndim - 2)
-        np.sum(grad_y * self.x_hat, axis=self.axes, out=self.grads["gamma"])
+        self.grads["gamma"][...] = per_channel_dot(grad_y, self.x_hat)
         np.sum(grad_y, axis=self.axes, out=self.grads["beta"])
         scale = (self.params["gamma"] * self.inv_std).reshape(shape)  # dL/dx_hat = gamma * dL/dy
         if not self.batch_stats:                                   # running mean and var are constants
