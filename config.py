@@ -38,6 +38,7 @@ DEFAULTS = {
     "seed": 0,
     "dtype": "float32",
     "device": "cpu",            # cpu (numpy) | gpu (CuPy on an NVIDIA GPU)
+    "threads": None,            # cpu: threads that share each batch (parallel.py); None: every core
     "batch_size": 100,
     "num_epochs": 30,
     "lr": 0.1,
@@ -203,6 +204,7 @@ CHECKS = {
     "seed": _integer(0),
     "dtype": _choice(("float32", "float64")),
     "device": _choice(DEVICES),
+    "threads": _optional(_integer(1)),
     "batch_size": _integer(1),
     "num_epochs": _integer(1),
     "lr": _number(0, math.inf, low_open=True),

@@ -32,6 +32,7 @@ from errors import ConfigError, DataError, ModelFileError
 from log import fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
+from parallel import available_cores
 from utils import atomic_write, check_writable, copy_arrays, read_pickle, save_model, training_lock
 
 EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
@@ -151,11 +152,14 @@ class Engine:
 
     def to_device(self, model):
         """`model` with its arrays on the run's device, its random layers (Dropout) drawing from
-        the device's source of the run's random numbers."""
+        the device's source of the run's random numbers; on the CPU, each batch shared by
+        `threads` threads (parallel.py)."""
         model.map_arrays(self.backend.to_device)
         for layer in model.layers:
             if hasattr(layer, "rng"):
                 layer.rng = self.backend.random(self.rng)
+        if self.backend.name == "cpu":
+            model.use_threads(self.config["threads"] or available_cores())
         return model
 
     # ---- building and checking, before any data --------------------------------------------

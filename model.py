@@ -14,6 +14,7 @@ import numpy as np
 from errors import ConfigError
 from layers import broken_files
 from nn_module import LOSSES, CrossEntropyLoss, NNModule, Softmax, SoftmaxCrossEntropyLoss, get_module
+from parallel import BatchSplit
 
 EVAL_BATCH = 1000      # examples per forward pass when a whole split is evaluated
 
@@ -49,6 +50,7 @@ class Model(NNModule):
         self.names = list(names) if names is not None else default_names(len(layers))
         self.gather()
         self.packed_params, self.packed_grads = self.params, self.grads     # what an optimizer updates
+        self.split = None                # a BatchSplit once use_threads asks for more than one thread
 
     def gather(self):
         """Fills params, grads and state with the layers' arrays under dotted names ("0.weight")."""
@@ -56,12 +58,22 @@ class Model(NNModule):
             for table, own in ((self.params, layer.params), (self.grads, layer.grads), (self.state, layer.state)):
                 table.update({f"{i}.{k}": v for k, v in own.items()})
 
+    def use_threads(self, threads):
+        """Splits every batch across `threads` CPU threads from now on (parallel.py); 1 runs
+        the layers in the calling thread, as a new Model does."""
+        self.split = BatchSplit(self.layers, threads) if threads > 1 else None
+        return self
+
     def forward(self, x):
+        if self.split is not None:
+            return self.split.forward(x)
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
     def backward(self, grad_y):
+        if self.split is not None:
+            return self.split.backward(grad_y)
         for layer in reversed(self.layers):
             grad_y = layer.backward(grad_y)
             if grad_y is None:           # a layer reading the data needs no dL/dx, nor do those before it

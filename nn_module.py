@@ -110,7 +110,18 @@ class NNModule:
 
     `needs_grad_x = False` lets a layer whose input is the data skip computing dL/dx (a third
     of a first Linear layer's work) and return None; the trainer sets it, tests never do.
+
+    `per_example = True` says that the output for each example depends on that example alone
+    and that the layer draws no random numbers, so a batch may be cut into slices that run
+    through it apart (parallel.py does, on every CPU core); its forward must rebind its caches,
+    never fill arrays it kept from an earlier call. False, the safe default, keeps the batch whole.
+    `worth_splitting = True` adds that the layer does much work for each value it gives
+    (convolution, pooling, recurrence), so that slices on several threads pay for the copy that
+    joins them again; parallel.py splits only stretches of layers that hold such a layer.
     """
+
+    per_example = False
+    worth_splitting = False
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)
@@ -167,6 +178,8 @@ class Linear(NNModule):
     Params: weight (n_in, n_out), bias (n_out,).
     """
 
+    per_example = True
+
     def __init__(self, n_in, n_out, init="he", std=0.01, dtype=np.float32, rng=None):
         super().__init__(dtype)
         self.n_in, self.n_out = check_int("n_in", n_in, 1), check_int("n_out", n_out, 1)
@@ -201,6 +214,8 @@ class Linear(NNModule):
 class ReLU(NNModule):
     """y = max(x, 0). Any shape."""
 
+    per_example = True
+
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
         self.mask = None
@@ -216,6 +231,8 @@ class ReLU(NNModule):
 @register
 class LeakyReLU(NNModule):
     """y = x where x > 0, else negative_slope * x. Any shape."""
+
+    per_example = True
 
     def __init__(self, negative_slope=0.01, dtype=np.float32):
         super().__init__(dtype)
@@ -236,6 +253,8 @@ class LeakyReLU(NNModule):
 @register
 class Tanh(NNModule):
     """y = tanh(x). Any shape."""
+
+    per_example = True
 
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
@@ -263,6 +282,8 @@ def sigmoid(x, out=None):
 class Sigmoid(NNModule):
     """y = 1 / (1 + exp(-x)). Any shape."""
 
+    per_example = True
+
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
         self.y = None
@@ -282,6 +303,8 @@ class Softmax(NNModule):
     Trained with CrossEntropyLoss, the engine fuses the two into SoftmaxCrossEntropyLoss on
     the logits (the same loss and gradient), which stays finite where a probability underflows.
     """
+
+    per_example = True
 
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
@@ -363,6 +386,9 @@ class Conv2D(NNModule):
     Params: weight (F, C, k, k), bias (F,).
     """
 
+    per_example = True
+    worth_splitting = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="he", std=0.01,
                  dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -412,6 +438,9 @@ class Conv2D(NNModule):
 class _Pool2D(NNModule):
     """What MaxPool2D and AvgPool2D share: the constructor (a square window, moved by stride
     over each channel of each image) and the repr. Not registered: it is no layer by itself."""
+
+    per_example = True
+    worth_splitting = True
 
     def __init__(self, kernel_size, stride=None, dtype=np.float32):
         super().__init__(dtype)
@@ -497,6 +526,8 @@ class AvgPool2D(_Pool2D):
 class Flatten(NNModule):
     """(N, ...) -> (N, prod(...)); backward restores the shape."""
 
+    per_example = True
+
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
         self.x_shape = None
@@ -512,6 +543,8 @@ class Flatten(NNModule):
 @register
 class Reshape(NNModule):
     """(N, ...) -> (N, *shape), e.g. shape [1, 28, 28] turns flat MNIST rows into images."""
+
+    per_example = True
 
     def __init__(self, shape, dtype=np.float32):
         super().__init__(dtype)
@@ -540,6 +573,10 @@ class Dropout(NNModule):
     are scaled by 1 / (1 - p), so eval mode is the identity with the same expected output.
     Any shape.
     """
+
+    @property
+    def per_example(self):            # eval mode draws no mask: y = x
+        return not self.training
 
     def __init__(self, p=0.5, dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -585,6 +622,10 @@ class BatchNorm(NNModule):
     Shape: (N, C) or (N, C, H, W), C = num_features. Params: gamma (C,), beta (C,).
     State: running_mean (C,), running_var (C,).
     """
+
+    @property
+    def per_example(self):            # eval mode normalises each example with the running averages
+        return not self.training
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype=np.float32):
         super().__init__(dtype)
@@ -673,6 +714,9 @@ class Recurrent(NNModule):
             draws everything from U(-1/sqrt(H), 1/sqrt(H)), which "uniform" gives weight_hh.
     Shape: x (N, T, n_in) -> y (N, T, H) with return_sequences, else (N, H).
     """
+
+    per_example = True
+    worth_splitting = True
     blocks = 1
     biases = ("bias",)
 

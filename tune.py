@@ -50,6 +50,7 @@ from engine import Engine, Interrupted, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
 from model import build_model
+from parallel import available_cores
 from utils import atomic_write, check_writable
 
 try:
@@ -138,6 +139,7 @@ def make_plan(config_path, overrides, config):
             "study_folder": os.path.join(folder, name), "storage_given": t["storage"] is not None,
             "shown_url": shown(url), "name": name,
             "trials": trials, "workers": t["workers"], "sampler": t["sampler"], "pruner": t["pruner"],
+            "threads": c["threads"] or max(1, available_cores() // t["workers"]),   # the workers share the cores
             "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": os.path.join(c["plot_dir"], name),
             "log_level": c["log_level"], "log_file": c["log_file"]}
 
@@ -201,7 +203,7 @@ def check_values(raw, key, entry, config_path):
 
 def trial_config(raw, params, config_path, **fixed):
     """The validated config of a trial: `raw` with the values of `params` set, then the `fixed`
-    keys (seed, model_file)."""
+    keys (seed, model_file, threads)."""
     raw = with_params(raw, params)
     raw.update(fixed, task="train")
     return validate(raw, config_path)
@@ -273,7 +275,7 @@ def open_study(plan):
 # keys that change where a trial's files go or what it prints, not what it trains: another
 # machine may set them its own way
 PLACE_KEYS = ("model_file", "plot_dir", "plot", "show", "input", "save_prepared", "log_file", "log_level",
-              "data_dir", "device")
+              "data_dir", "device", "threads")
 
 
 def check_unchanged(study, plan):
@@ -463,7 +465,8 @@ def train_trial(plan, study, trial, trial_log, stop):
                                          f"at epoch {record['epoch']}")
 
     try:
-        config = trial_config(plan["raw"], params, plan["config_path"], seed=seed, model_file=model_file)
+        config = trial_config(plan["raw"], params, plan["config_path"], seed=seed, model_file=model_file,
+                              threads=plan["threads"])
         engine = Engine(config, trial_log)
         with engine.device_errors():                 # a GPU too small for this trial fails it, in one line
             history = engine.train(on_epoch=on_epoch)

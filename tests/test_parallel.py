@@ -1,0 +1,149 @@
+"""The batch split across threads (parallel.py): the numbers of one thread, up to rounding.
+
+A layer that says `per_example` must give every slice of a batch what the whole batch gives
+it; a model split across threads must compute what it computes in one, gradients included;
+and a training run on threads must be as reproducible (and resumable) as one without.
+"""
+import contextlib
+
+import numpy as np
+import pytest
+
+import engine
+from gradcheck import away_from_kinks
+from main import main
+from model import build_model
+from nn_module import get_module
+from parallel import batch_slices, stretches
+from test_device import StopAfter, saved_arrays, write_config
+from test_gradients import LAYER_CASES, check_module
+
+CONV_NET = [{"class": "Conv2D", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1},
+            {"class": "BatchNorm", "num_features": 3}, {"class": "ReLU"}, {"class": "MaxPool2D", "kernel_size": 2},
+            {"class": "Flatten"}, {"class": "Linear", "n_in": 27, "n_out": 5}, {"class": "Tanh"},
+            {"class": "Dropout", "p": 0.3}, {"class": "Linear", "n_in": 5, "n_out": 4}]
+
+
+def build_layer(name, arguments, training):
+    extra = {"rng": np.random.default_rng(0)} if "rng" in get_module(name).__init__.__code__.co_varnames else {}
+    return get_module(name)(**arguments, dtype=np.float64, **extra).train(training)
+
+
+def sliced_differences(layer, x, g, slices):
+    """How far the slices' outputs, and in training their dL/dx and summed dL/dparams, are from
+    the whole batch's: the largest absolute difference of each (eval mode runs no backward)."""
+    def run(x, g):
+        y = layer.forward(x)
+        if not layer.training:
+            return y, np.zeros(0), {}
+        return y, layer.backward(g), {k: v.copy() for k, v in layer.grads.items()}
+    y, grad_x, whole = run(x, g)
+    parts = [run(x[s], g[s]) for s in slices]
+    summed = {k: sum(grads[k] for _, _, grads in parts) for k in whole}
+    return (np.abs(np.concatenate([p[0] for p in parts]) - y).max(),
+            np.abs(np.concatenate([p[1] for p in parts]) - grad_x).max(initial=0.0),
+            max((np.abs(summed[k] - whole[k]).max() for k in whole), default=0.0))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("name,arguments,shape", [(n, a, s) for n, cases in LAYER_CASES.items() for a, s in cases])
+def test_per_example_layers_treat_each_example_apart(name, arguments, shape, training):
+    layer = build_layer(name, arguments, training)
+    if not layer.per_example:
+        pytest.skip(f"{name} in {'training' if training else 'eval'} mode needs the whole batch")
+    rng = np.random.default_rng(1)
+    x = away_from_kinks((5, *shape), rng)
+    g = rng.normal(size=layer.forward(x).shape)
+    assert max(sliced_differences(layer, x, g, batch_slices(5, 3))) < 1e-12
+
+
+def test_the_slice_check_catches_a_layer_that_needs_the_whole_batch():
+    layer = build_layer("BatchNorm", {"num_features": 3}, training=True)      # averages over the batch
+    assert not layer.per_example
+    rng = np.random.default_rng(1)
+    x, g = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    assert min(sliced_differences(layer, x, g, batch_slices(6, 2))[:2]) > 1e-3
+
+
+def test_batch_slices_cover_the_batch_in_order():
+    assert batch_slices(5, 3) == [slice(0, 1), slice(1, 3), slice(3, 5)]
+    assert batch_slices(2, 4) == [slice(0, 1), slice(1, 2)]        # never an empty slice
+    assert batch_slices(100, 1) == [slice(0, 100)]
+
+
+def test_stretches_follow_the_mode():
+    model = build_model(CONV_NET)
+    kinds = lambda: [[type(layer).__name__ for layer in run] for run in stretches(model.layers)]
+    assert kinds() == [["Conv2D"], ["BatchNorm"], ["ReLU", "MaxPool2D", "Flatten", "Linear", "Tanh"],
+                       ["Dropout"], ["Linear"]]
+    model.eval()                                     # BatchNorm and Dropout now treat each example apart
+    assert kinds() == [["Conv2D", "BatchNorm", "ReLU", "MaxPool2D", "Flatten", "Linear", "Tanh", "Dropout", "Linear"]]
+
+
+def pair(threads):
+    """The same float64 conv net (weights and Dropout's generator) twice: on one thread and on `threads`."""
+    return [build_model(CONV_NET, np.float64, np.random.default_rng(3)).use_threads(t) for t in (1, threads)]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_split_model_computes_what_one_thread_computes(threads):
+    one, split = pair(threads)
+    rng = np.random.default_rng(2)
+    x, g = rng.normal(size=(7, 2, 6, 6)), rng.normal(size=(7, 4))      # 7 examples: unequal slices
+    assert split.split is not None and one.split is None
+    for step in range(2):                                               # replicas are made afresh each step
+        np.testing.assert_allclose(split.forward(x), one.forward(x), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(split.backward(g), one.backward(g), rtol=1e-12, atol=1e-12)
+        for name in one.grads:
+            np.testing.assert_allclose(split.grads[name], one.grads[name], rtol=1e-12, atol=1e-12, err_msg=name)
+    for name in one.state:                                              # running averages moved alike
+        np.testing.assert_allclose(split.state[name], one.state[name], rtol=1e-12)
+    one.eval(), split.eval()
+    np.testing.assert_allclose(split.forward(x), one.forward(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_split_model_agrees_with_central_differences():
+    rng = np.random.default_rng(4)
+    network = [{"class": "BatchNorm", "num_features": 2}] + CONV_NET[:1] + CONV_NET[2:7] + CONV_NET[8:]
+    model = build_model(network, np.float64, rng).use_threads(2)          # (no Dropout, no BatchNorm after a bias)
+    check_module(model, rng.normal(size=(5, 2, 6, 6)), rng, engine.get_backend("cpu"))
+
+
+def test_a_split_model_skips_the_input_gradient_like_one_thread():
+    one, split = pair(2)
+    x = np.random.default_rng(5).normal(size=(4, 2, 6, 6))
+    one.skip_input_grad(), split.skip_input_grad()
+    one.forward(x), split.forward(x)
+    g = np.ones((4, 4))
+    assert one.backward(g) is None and split.backward(g) is None
+    np.testing.assert_allclose(split.grads["0.weight"], one.grads["0.weight"], rtol=1e-12)
+
+
+def conv_config(tmp_path, mnist_data_dir, name, **keys):
+    return write_config(tmp_path, mnist_data_dir, name, optimizer={"name": "momentum"}, lr=0.05, **keys)
+
+
+def test_training_on_threads_is_reproducible_and_close_to_one_thread(tmp_path, mnist_data_dir):
+    for name, threads in (("a", 2), ("b", 2), ("one", 1)):
+        assert main([conv_config(tmp_path, mnist_data_dir, name, threads=threads, num_epochs=1)]) == 0
+    a, b, one = (saved_arrays(tmp_path / f"{name}.pkl") for name in ("a", "b", "one"))
+    assert all(np.array_equal(a[k], b[k]) for k in a)                  # same threads: the same bits
+    assert all(np.allclose(a[k], one[k], atol=1e-4) for k in a)        # other threads: rounding only
+    assert any(not np.array_equal(a[k], one[k]) for k in a)            # (the split did run)
+
+
+def test_resume_on_threads_gives_the_uninterrupted_weights(tmp_path, mnist_data_dir, monkeypatch):
+    whole = conv_config(tmp_path, mnist_data_dir, "whole", threads=3)
+    cut = conv_config(tmp_path, mnist_data_dir, "cut", threads=3)
+    assert main([whole]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(17)))
+        assert main([cut]) == 130                                       # interrupted in the second epoch
+    assert main([cut, "--resume"]) == 0
+    a, b = saved_arrays(tmp_path / "whole.pkl"), saved_arrays(tmp_path / "cut.pkl")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_threads_must_be_a_positive_integer(tmp_path, mnist_data_dir, capsys):
+    assert main([conv_config(tmp_path, mnist_data_dir, "bad", threads=0)]) == 2
+    assert capsys.readouterr().err == "error: threads: expected an integer >= 1, got 0\n"
