@@ -92,8 +92,14 @@ class BatchSplit:
 
     def __init__(self, layers, threads):
         self.layers, self.threads = layers, threads
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="batch-slice")
+        self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="batch-slice") if threads > 1 else None
         self.runs = []
+
+    def on_slices(self, through, replicas, parts):
+        """[through(replicas[i], parts[i]) for each i]: the first in this thread, which keeps
+        its data in this core's caches, the others in the pool's threads meanwhile."""
+        others = [self.pool.submit(through, *job) for job in zip(replicas[1:], parts[1:])]
+        return [through(replicas[0], parts[0])] + [job.result() for job in others]
 
     def forward(self, x):
         self.runs = []
@@ -104,8 +110,7 @@ class BatchSplit:
                 continue
             slices = batch_slices(len(x), self.threads)
             replicas = [[replica(layer) for layer in run] for _ in slices]
-            outs = self.pool.map(forward_through, replicas, [x[part] for part in slices])
-            x = np.concatenate(list(outs))
+            x = np.concatenate(self.on_slices(forward_through, replicas, [x[part] for part in slices]))
             self.runs.append((run, replicas, slices))
         return x
 
@@ -114,7 +119,7 @@ class BatchSplit:
             if replicas is None:
                 grad_y = backward_through(run, grad_y)
             else:
-                grads = list(self.pool.map(backward_through, replicas, [grad_y[part] for part in slices]))
+                grads = self.on_slices(backward_through, replicas, [grad_y[part] for part in slices])
                 for i, layer in enumerate(run):           # dL/dparams: a sum over the slices
                     for name, total in layer.grads.items():
                         np.copyto(total, replicas[0][i].grads[name])
