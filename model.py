@@ -14,7 +14,7 @@ import numpy as np
 from errors import ConfigError
 from layers import broken_files
 from nn_module import LOSSES, CrossEntropyLoss, NNModule, Softmax, SoftmaxCrossEntropyLoss, get_module
-from parallel import BatchSplit
+from parallel import BatchSplit, worth_splitting
 
 EVAL_BATCH = 1000      # examples per forward pass when a whole split is evaluated
 
@@ -59,9 +59,9 @@ class Model(NNModule):
                 table.update({f"{i}.{k}": v for k, v in own.items()})
 
     def use_threads(self, threads):
-        """Splits every batch across `threads` CPU threads from now on (parallel.py); 1 runs
-        the layers in the calling thread, as a new Model does."""
-        self.split = BatchSplit(self.layers, threads) if threads > 1 else None
+        """Splits every batch across `threads` CPU threads from now on, if the layers are worth
+        it (parallel.py); 1 runs the layers in the calling thread, as a new Model does."""
+        self.split = BatchSplit(self.layers, threads) if threads > 1 and worth_splitting(self.layers) else None
         return self
 
     def forward(self, x):

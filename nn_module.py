@@ -614,6 +614,10 @@ class BatchNorm(NNModule):
         running = momentum * running + (1 - momentum) * batch statistic
     (momentum weighs the old value, as in Keras: PyTorch's momentum=0.1 is 0.9 here);
     eval uses the running averages. Those live in `state`: saved with the model, never trained.
+    In training, forward and backward are each three steps: sums over the examples
+    (`forward_sums`, `backward_sums`), their total over the batch (`*_total`), then the work on
+    each example (`*_finish`); parallel.py runs the first and the last on slices of the batch,
+    in threads, and the total once.
 
     Args:
         num_features: C, the features of (N, C) inputs or the channels of (N, C, H, W) ones.
@@ -636,46 +640,87 @@ class BatchNorm(NNModule):
         self.add_param("beta", np.zeros(num_features))
         self.state = {"running_mean": np.zeros(num_features, self.dtype),
                       "running_var": np.ones(num_features, self.dtype)}
-        self.x_hat, self.inv_std, self.axes, self.batch_stats = None, None, None, None
+        self.x_hat, self.inv_std, self.mean, self.centred = None, None, None, None
+        self.axes, self.shape, self.batch_stats = None, None, None
 
     def forward(self, x):
+        if not self.training:
+            self.start(x)
+            mean, var = self.state["running_mean"], self.state["running_var"]
+            return self.normalize(x - mean.reshape(self.shape), var)
+        # the three steps that parallel.py runs on slices of a batch (forward_total once, on the sums of all)
+        return self.forward_finish(x, self.forward_total([self.forward_sums(x)]))
+
+    def start(self, x):
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
             raise ValueError(f"num_features is {self.num_features}, but the input has shape {shape_text(x)}; "
                              f"expected (N, C) or (N, C, H, W) with C = {self.num_features}")
         self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
-        shape = (1, -1) + (1,) * (x.ndim - 2)                      # broadcasts (C,) over the input
+        self.shape = (1, -1) + (1,) * (x.ndim - 2)                 # broadcasts (C,) over the input
         self.batch_stats = self.training
-        if self.training:
-            mean = x.mean(axis=self.axes)
-            centred = x - mean.reshape(shape)
-            var = per_channel_dot(centred, centred) / (x.size // self.num_features)
-            if x.size > self.num_features:                       # one value per channel has no variance
-                for key, batch in (("running_mean", mean), ("running_var", var)):
-                    self.state[key] *= self.momentum             # running = momentum running + (1 - momentum) batch
-                    self.state[key] += (1 - self.momentum) * batch
-        else:
-            mean, var = self.state["running_mean"], self.state["running_var"]
-            centred = x - mean.reshape(shape)
-        self.inv_std = 1 / np.sqrt(var + self.eps)                    # (C,)
-        centred *= self.inv_std.reshape(shape)
+
+    def forward_sums(self, x):
+        """Training, step 1, on the batch or a slice of it: per channel, the number of values,
+        their mean and the sum of their squared deviations from it."""
+        self.start(x)
+        self.mean = x.mean(axis=self.axes)
+        self.centred = x - self.mean.reshape(self.shape)
+        return x.size // self.num_features, self.mean, per_channel_dot(self.centred, self.centred)
+
+    def forward_total(self, sums):
+        """Training, step 2, once a batch: its mean and (biased) variance from its slices' sums
+        (the pairwise formula of Chan, Golub and LeVeque: each slice's squared deviations, moved
+        to the batch's mean; for one slice, the plain two-pass mean and variance); the running
+        averages move towards them."""
+        count = sum(n for n, _, _ in sums)
+        mean = sum(n / count * slice_mean for n, slice_mean, _ in sums)
+        var = sum(squares + n * (slice_mean - mean) ** 2 for n, slice_mean, squares in sums) / count
+        if count > 1:                                              # one value per channel has no variance
+            for key, batch in (("running_mean", mean), ("running_var", var)):
+                self.state[key] *= self.momentum                 # running = momentum running + (1 - momentum) batch
+                self.state[key] += (1 - self.momentum) * batch
+        return mean, var
+
+    def forward_finish(self, x, total):
+        """Training, step 3, on what step 1 had: y, from the batch's mean and variance."""
+        mean, var = total
+        self.centred -= (mean - self.mean).reshape(self.shape)   # x - the batch's mean (the slice's is 0 away for a whole batch)
+        return self.normalize(self.centred, var)
+
+    def normalize(self, centred, var):
+        self.inv_std = 1 / np.sqrt(var + self.eps)                 # (C,)
+        centred *= self.inv_std.reshape(self.shape)
         self.x_hat = centred
-        y = self.x_hat * self.params["gamma"].reshape(shape)
-        y += self.params["beta"].reshape(shape)
+        y = self.x_hat * self.params["gamma"].reshape(self.shape)
+        y += self.params["beta"].reshape(self.shape)
         return y
 
     def backward(self, grad_y):
-        shape = (1, -1) + (1,) * (grad_y.ndim - 2)
-        self.grads["gamma"][...] = per_channel_dot(grad_y, self.x_hat)
-        np.sum(grad_y, axis=self.axes, out=self.grads["beta"])
-        scale = (self.params["gamma"] * self.inv_std).reshape(shape)  # dL/dx_hat = gamma * dL/dy
+        total = self.backward_total([self.backward_sums(grad_y)])
         if not self.batch_stats:                                   # running mean and var are constants
-            return grad_y * scale
-        # mean and var depend on x. With m values per channel, and since sum(dL/dx_hat) =
-        # gamma * grads["beta"] and sum(dL/dx_hat * x_hat) = gamma * grads["gamma"]:
-        # dL/dx = gamma * inv_std * (dL/dy - grads["beta"] / m - x_hat * grads["gamma"] / m)
-        m = grad_y.size // self.num_features
-        grad_x = grad_y - (self.grads["beta"] / m).reshape(shape) - self.x_hat * (self.grads["gamma"] / m).reshape(shape)
-        grad_x *= scale
+            return grad_y * (self.params["gamma"] * self.inv_std).reshape(self.shape)
+        return self.backward_finish(grad_y, total)
+
+    def backward_sums(self, grad_y):
+        """Step 1 of backward, on the batch or a slice: per channel, the number of values,
+        sum(dL/dy) and sum(dL/dy * x_hat)."""
+        return grad_y.size // self.num_features, np.sum(grad_y, axis=self.axes), per_channel_dot(grad_y, self.x_hat)
+
+    def backward_total(self, sums):
+        """Step 2, once a batch: dL/dbeta and dL/dgamma (the sums over the batch) into grads."""
+        self.grads["beta"][...] = sum(grad_beta for _, grad_beta, _ in sums)
+        self.grads["gamma"][...] = sum(grad_gamma for _, _, grad_gamma in sums)
+        return sum(n for n, _, _ in sums), self.grads["beta"], self.grads["gamma"]
+
+    def backward_finish(self, grad_y, total):
+        """Step 3, in training, on what step 1 had: dL/dx.
+
+        mean and var depend on x. With m values per channel in the batch, and since sum(dL/dx_hat)
+        = gamma * dL/dbeta and sum(dL/dx_hat * x_hat) = gamma * dL/dgamma:
+        dL/dx = gamma * inv_std * (dL/dy - dL/dbeta / m - x_hat * dL/dgamma / m)"""
+        m, grad_beta, grad_gamma = total
+        grad_x = grad_y - (grad_beta / m).reshape(self.shape) - self.x_hat * (grad_gamma / m).reshape(self.shape)
+        grad_x *= (self.params["gamma"] * self.inv_std).reshape(self.shape)   # dL/dx_hat = gamma * dL/dy
         return grad_x
 
     def extra_repr(self):

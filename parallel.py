@@ -4,28 +4,29 @@ numpy computes a matrix product on several cores (BLAS), but everything else a l
 (im2col's copy, pooling, elementwise work) on one; and at a batch of 100 even the products are
 too small for BLAS's own threads to pay. Most layers, though, treat the examples of a batch
 independently, and numpy lets go of Python's lock (the GIL) while it loops over an array, so
-threads that each run the layers on their own slice of the batch really do run at once.
+threads that each run the layers on their own slice of the batch do run at once.
 
-`BatchSplit(layers, threads)` runs a model's layers that way (`Model.use_threads` sets it up).
-It cuts the layers into stretches:
-  * layers whose `per_example` is true (the output for an example depends on that example
-    alone, and the layer draws no random numbers) make up stretches, which run in the threads
-    when one of their layers is `worth_splitting` (a convolution, a pooling or a recurrent
-    layer: much work for every value it gives). Other stretches run whole: joining the slices
-    again costs a copy of the output, which a Linear or an elementwise layer does not repay
-    (a ReLU on 100 x 1024 values: 0.12 ms whole, 0.42 ms split in two on this project's
-    2-core test machine), and each thread of a Linear layer's product would pack all of its
-    weights for a share of the work;
-  * any other layer runs alone on the whole batch, between two stretches: BatchNorm in
-    training (it averages over the batch), Dropout in training (its masks come from the
-    run's one generator, in order), and a layer of your own unless it says otherwise.
-Within a stretch each thread runs replicas of the layers (copies that share the parameter
-arrays and keep caches and gradients of their own) on its slice, forward and then backward;
-a parameter's gradient, a sum over the examples, is then the sum of its replicas' gradients.
+`BatchSplit(layers, threads)` runs a model's layers that way (`Model.use_threads` sets it up,
+for networks with a `worth_splitting` layer: a convolution, a pooling or a recurrent layer).
+The batch is cut into one slice per thread at the input and joined again at the output; in
+between, every layer works on the slices, one step after another:
+  * a run of layers whose `per_example` is true (the output for an example depends on that
+    example alone, and the layer draws no random numbers) runs on each slice in its thread,
+    in replicas of the layers: copies that share the parameter arrays and keep caches and
+    gradients of their own. A parameter's gradient, a sum over the examples, is then the sum
+    of its replicas' gradients;
+  * a layer with `forward_sums` (BatchNorm in training) needs sums over the whole batch: each
+    thread sums over its slice, the layer adds up the slices' sums once, and each thread
+    finishes its slice with the total;
+  * any other layer (Dropout in training: its masks come from the run's one generator, in
+    order; a layer of your own unless it says otherwise) gets the batch joined, whole.
+The calling thread works on the first slice itself; a pool of threads - 1 more takes the rest.
 
-So the numbers are the model's own up to rounding (sums over the batch are added in another
-order), and a run with the same number of threads is exactly reproducible. This is CPU-only:
-on a GPU one kernel already spreads over the whole device.
+The numbers are the model's own up to rounding (sums over the batch are added in another
+order), and a run with the same number of threads is exactly reproducible. MLPs are not split:
+their time is in matrix products, and each thread of a split Linear layer would pack all of its
+weights for a share of the work (network1.json's step: 0.81-0.92x the speed of one thread on this
+project's 2-core test machine). This is CPU-only: on a GPU one kernel already fills the device.
 """
 import copy
 import os
@@ -42,6 +43,11 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+def worth_splitting(layers):
+    """Whether splitting the batch across threads pays for these layers (see above)."""
+    return any(layer.worth_splitting for layer in layers)
+
+
 def replica(layer):
     """A copy of `layer` that shares its parameters (the very same arrays) and has caches and
     gradients of its own; its forward and backward leave the layer's own untouched."""
@@ -50,16 +56,18 @@ def replica(layer):
     return twin
 
 
-def stretches(layers):
-    """`layers` cut into runs, in order: each run is either per-example layers or one layer
-    that needs the whole batch."""
-    runs = []
-    for layer in layers:
-        if layer.per_example and runs and runs[-1][0].per_example:
-            runs[-1].append(layer)
+def steps(layers):
+    """`layers` cut into steps [kind, first, stop], each over layers[first:stop], in order:
+    "examples" for a run of per-example layers, "sums" for one layer with forward_sums and
+    "whole" for one that needs the batch itself."""
+    cut = []
+    for i, layer in enumerate(layers):
+        kind = "examples" if layer.per_example else "sums" if hasattr(layer, "forward_sums") else "whole"
+        if kind == "examples" and cut and cut[-1][0] == "examples":
+            cut[-1][2] = i + 1
         else:
-            runs.append([layer])
-    return runs
+            cut.append([kind, i, i + 1])
+    return cut
 
 
 def batch_slices(n, parts):
@@ -85,47 +93,60 @@ def backward_through(layers, grad_y):
 class BatchSplit:
     """Forward and backward through `layers` with each batch split across `threads` threads.
 
-    forward(x) keeps, for each stretch it ran in threads, its layers, their replicas (one list
-    per slice) and the slices; backward(grad_y) runs the same replicas back and then sums their
-    gradients into the layers' own `grads`.
+    forward(x) keeps the slices, the steps and the replicas (replicas[s][i]: slice s's copy of
+    layers[i]); backward(grad_y) goes back through the same steps with the same replicas.
     """
 
     def __init__(self, layers, threads):
         self.layers, self.threads = layers, threads
-        self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="batch-slice") if threads > 1 else None
-        self.runs = []
+        self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="batch-slice")
+        self.slices, self.steps, self.replicas = None, None, None
 
-    def on_slices(self, through, replicas, parts):
-        """[through(replicas[i], parts[i]) for each i]: the first in this thread, which keeps
-        its data in this core's caches, the others in the pool's threads meanwhile."""
-        others = [self.pool.submit(through, *job) for job in zip(replicas[1:], parts[1:])]
-        return [through(replicas[0], parts[0])] + [job.result() for job in others]
+    def on_slices(self, work, parts, first, stop):
+        """[work(replicas of layers[first:stop] for slice s, parts[s]) for each slice s]: the
+        first slice in this thread (its data stays in this core's caches), the others in the pool."""
+        jobs = [(twins[first:stop], part) for twins, part in zip(self.replicas, parts)]
+        others = [self.pool.submit(work, *job) for job in jobs[1:]]
+        return [work(*jobs[0])] + [job.result() for job in others]
 
     def forward(self, x):
-        self.runs = []
-        for run in stretches(self.layers):
-            if not any(layer.worth_splitting for layer in run):
-                x = forward_through(run, x)
-                self.runs.append((run, None, None))
-                continue
-            slices = batch_slices(len(x), self.threads)
-            replicas = [[replica(layer) for layer in run] for _ in slices]
-            x = np.concatenate(self.on_slices(forward_through, replicas, [x[part] for part in slices]))
-            self.runs.append((run, replicas, slices))
-        return x
+        self.slices = batch_slices(len(x), self.threads)
+        self.steps = steps(self.layers)
+        self.replicas = [[replica(layer) for layer in self.layers] for _ in self.slices]
+        parts = [x[part] for part in self.slices]
+        for kind, first, stop in self.steps:
+            if kind == "examples":
+                parts = self.on_slices(forward_through, parts, first, stop)
+            elif kind == "sums":
+                total = self.layers[first].forward_total(
+                    self.on_slices(lambda twin, x: twin[0].forward_sums(x), parts, first, stop))
+                parts = self.on_slices(lambda twin, x: twin[0].forward_finish(x, total), parts, first, stop)
+            else:
+                y = self.layers[first].forward(np.concatenate(parts))
+                parts = [y[part] for part in self.slices]
+        return np.concatenate(parts)
 
     def backward(self, grad_y):
-        for run, replicas, slices in reversed(self.runs):
-            if replicas is None:
-                grad_y = backward_through(run, grad_y)
+        parts = [grad_y[part] for part in self.slices]
+        for kind, first, stop in reversed(self.steps):
+            if kind == "examples":
+                parts = self.on_slices(backward_through, parts, first, stop)
+                self.add_up_gradients(first, stop)
+            elif kind == "sums":
+                total = self.layers[first].backward_total(
+                    self.on_slices(lambda twin, g: twin[0].backward_sums(g), parts, first, stop))
+                parts = self.on_slices(lambda twin, g: twin[0].backward_finish(g, total), parts, first, stop)
             else:
-                grads = self.on_slices(backward_through, replicas, [grad_y[part] for part in slices])
-                for i, layer in enumerate(run):           # dL/dparams: a sum over the slices
-                    for name, total in layer.grads.items():
-                        np.copyto(total, replicas[0][i].grads[name])
-                        for twins in replicas[1:]:
-                            total += twins[i].grads[name]
-                grad_y = None if grads[0] is None else np.concatenate(grads)
-            if grad_y is None:
+                grad_x = self.layers[first].backward(np.concatenate(parts))
+                parts = None if grad_x is None else [grad_x[part] for part in self.slices]
+            if parts is None or parts[0] is None:      # a layer reading the data needs no dL/dx
                 return None
-        return grad_y
+        return np.concatenate(parts)
+
+    def add_up_gradients(self, first, stop):
+        """Each parameter's gradient of layers[first:stop]: the sum of its replicas'."""
+        for i in range(first, stop):
+            for name, total in self.layers[i].grads.items():
+                np.copyto(total, self.replicas[0][i].grads[name])
+                for twins in self.replicas[1:]:
+                    total += twins[i].grads[name]

@@ -14,7 +14,7 @@ from gradcheck import away_from_kinks
 from main import main
 from model import build_model
 from nn_module import get_module
-from parallel import batch_slices, stretches
+from parallel import batch_slices, steps
 from test_device import StopAfter, saved_arrays, write_config
 from test_gradients import LAYER_CASES, check_module
 
@@ -71,13 +71,23 @@ def test_batch_slices_cover_the_batch_in_order():
     assert batch_slices(100, 1) == [slice(0, 100)]
 
 
-def test_stretches_follow_the_mode():
+def test_steps_follow_the_mode():
     model = build_model(CONV_NET)
-    kinds = lambda: [[type(layer).__name__ for layer in run] for run in stretches(model.layers)]
-    assert kinds() == [["Conv2D"], ["BatchNorm"], ["ReLU", "MaxPool2D", "Flatten", "Linear", "Tanh"],
-                       ["Dropout"], ["Linear"]]
+    kinds = lambda: [(kind, [type(layer).__name__ for layer in model.layers[first:stop]])
+                     for kind, first, stop in steps(model.layers)]
+    assert kinds() == [("examples", ["Conv2D"]), ("sums", ["BatchNorm"]),
+                       ("examples", ["ReLU", "MaxPool2D", "Flatten", "Linear", "Tanh"]),
+                       ("whole", ["Dropout"]), ("examples", ["Linear"])]
     model.eval()                                     # BatchNorm and Dropout now treat each example apart
-    assert kinds() == [["Conv2D", "BatchNorm", "ReLU", "MaxPool2D", "Flatten", "Linear", "Tanh", "Dropout", "Linear"]]
+    assert kinds() == [("examples", [type(layer).__name__ for layer in model.layers])]
+
+
+def test_only_networks_worth_it_are_split():
+    mlp = [{"class": "Linear", "n_in": 4, "n_out": 3}, {"class": "BatchNorm", "num_features": 3},
+           {"class": "ReLU"}, {"class": "Linear", "n_in": 3, "n_out": 2}]
+    assert build_model(mlp).use_threads(4).split is None           # matrix products: BLAS's work
+    assert build_model(CONV_NET).use_threads(4).split is not None
+    assert build_model(CONV_NET).use_threads(1).split is None
 
 
 def pair(threads):
