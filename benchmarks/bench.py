@@ -1,7 +1,7 @@
 """How fast the trainer is on this machine, next to numpy's matrix-product peak and PyTorch.
 
-    python3 benchmarks/bench.py [--device cpu|gpu] [--repeats N] [--quick] [--only NAME ...] [--json PATH]
-                                [--data-dir DIR]
+    python3 benchmarks/bench.py [--device cpu|gpu] [--threads N] [--repeats N] [--quick] [--only NAME ...]
+                                [--json PATH] [--data-dir DIR]
 
 One run measures these items (the NAMEs of --only), prints tables to stdout (progress goes to
 stderr) and writes the numbers as JSON (default benchmarks/results.json). It asserts nothing.
@@ -21,7 +21,7 @@ stderr) and writes the numbers as JSON (default benchmarks/results.json). It ass
              "seconds" of each epoch in its history; a first warm-up epoch is dropped). The
              references use SoftmaxCrossEntropyLoss and SGD with momentum 0.9; when torch
              imports, all four also run in PyTorch (the same layers, batch, optimizer and
-             images; on the CPU with the same threads), after all numpy work so that neither
+             images; on the CPU with as many threads), after all numpy work so that neither
              library's idle threads slow the other.
 
 --device gpu runs the epochs on the GPU through CuPy (the engine's own GPU path, with the whole
@@ -33,11 +33,11 @@ items (peak, inference, load, memory).
   load       `load_mnist` from the cache in data/, already verified.
   memory     peak resident memory of `main.py configs/network1.json` training for one epoch.
   threads    every shipped config trained by main.py for a tenth of an epoch: with no thread
-             setting (the project's default), with one BLAS thread, each alone and beside one
-             process that keeps a core busy, and with one BLAS thread per CPU; the engine's
-             seconds. Checks that the default is never slower than one thread (within 20%: a
-             tenth of an epoch run twice with the same settings differs by up to 17% here) and
-             how much the CPUs speed up cnn.json. Skipped by --quick.
+             setting (the project's default: `threads` is every core), with `threads` 1, each
+             alone and beside one process that keeps a core busy; the engine's seconds. Checks
+             that the default is never slower than one thread (within 20%: a tenth of an epoch
+             run twice with the same settings differs by up to 17% here) and how much the cores
+             speed up cnn.json. Skipped by --quick.
 
 Reading the epoch table: GFLOP/epoch counts 2 FLOP per multiply-add, from each layer's
 `multiply_adds` (the summary's column): on training images 3 passes (forward, dL/dW, dL/dx) for
@@ -54,8 +54,10 @@ MNIST load < 1 s. On the GPU: cnn.json epoch <= 1.3x and network1.json epoch <= 
 PyTorch CUDA's.
 
 Timings are medians of --repeats runs (the two main.py runs happen once); on a busy machine they
-mean little. numpy's BLAS threads are $OPENBLAS_NUM_THREADS, else $OMP_NUM_THREADS, else every
-CPU; PyTorch gets as many. --quick times one repeat on 1/20 of each epoch (scaled up to a full
+mean little. --threads (default: every core) is the project's `threads` setting (parallel.py
+splits each batch of a conv or recurrent network across them) and PyTorch's thread count;
+numpy's BLAS threads stay as main.py sets them (one, unless $OPENBLAS_NUM_THREADS or
+$OMP_NUM_THREADS says otherwise). --quick times one repeat on 1/20 of each epoch (scaled up to a full
 epoch) and trains network1 on 1/20 of the images for memory: a smoke check, not a measurement,
 so its target table shows the numbers and leaves every target "not judged".
 Without MNIST (in --data-dir, or at $NNFS_MIRROR; never the internet) random arrays of MNIST's
@@ -83,6 +85,7 @@ from engine import Engine  # noqa: E402
 from errors import ConfigError  # noqa: E402
 from log import Logger  # noqa: E402
 from model import EVAL_BATCH, build_model  # noqa: E402
+from parallel import available_cores  # noqa: E402
 
 EPOCHS = ("mlp", "conv", "lstm", "network1", "cnn")
 NAMES = ("peak", *EPOCHS, "inference", "load", "memory", "threads")
@@ -103,7 +106,6 @@ REFERENCE = {
 CONFIGS = {"network1": "configs/network1.json", "cnn": "configs/cnn.json"}
 CPU_ONLY = ("peak", "inference", "load", "memory", "threads")
 LR, BATCH, TRAIN, VALID = 0.05, 100, 55_000, 5_000
-THREADS = int(os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
 # Runs argv with stdout discarded and prints "exit-status seconds peak-RSS". It must be a small
 # process: on Linux a child's ru_maxrss also counts the RSS its spawner had (the high-water mark
 # before exec carries over), so a child spawned by this benchmark would inherit its hundreds of MB.
@@ -182,11 +184,12 @@ def epoch_flop(engine):
     return 2 * (TRAIN * train_macs + VALID * model.multiply_adds_per_example(engine.info.input_shape))
 
 
-def numpy_epoch(name, data, repeats, fraction, device):
+def numpy_epoch(name, data, repeats, fraction, device, threads):
     """Seconds per full epoch of the project's trainer (median, scaled up by 1/fraction) and FLOP."""
     with tempfile.TemporaryDirectory() as tmp:
         config = make_config(name, num_epochs=repeats + 1, model_file=os.path.join(tmp, "model.pkl"),
-                             train_size=round(TRAIN * fraction), valid_size=round(VALID * fraction), device=device)
+                             train_size=round(TRAIN * fraction), valid_size=round(VALID * fraction), device=device,
+                             threads=threads)
         engine = PreloadedEngine(config, data)
         history = engine.train()
     return statistics.median(r["seconds"] for r in history[1:]) / fraction, epoch_flop(engine)
@@ -281,17 +284,17 @@ def run_main(*args):
 
 def tenth_epoch(config, data_dir, threads=None, busy=False):
     """Seconds of a tenth of an epoch (5,500 training, 500 validation images) of `config`, trained
-    by main.py with the BLAS threads given (None: no thread setting at all, the project's default),
+    by main.py with the `threads` given (None: no thread setting at all, the project's default),
     alone or beside one process that keeps a core busy; the engine's own timing of the epoch."""
     env = {k: v for k, v in os.environ.items() if k not in BLAS_THREADS}
-    if threads is not None:
-        env["OPENBLAS_NUM_THREADS"] = str(threads)
+    setting = ["--set", f"threads={threads}"] if threads is not None else []
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run([sys.executable, "main.py", f"configs/{config}.json", "-q", "--set", "num_epochs=1",
                             "--set", "train_size=5500", "--set", "valid_size=500", "--set", f"data_dir={data_dir}",
-                            "--set", f"model_file={tmp}/model.pkl"], env=env, check=True, capture_output=True)
+                            "--set", f"model_file={tmp}/model.pkl", *setting], env=env, check=True,
+                           capture_output=True)
             with open(f"{tmp}/model.history.json", encoding="utf-8") as f:
                 return json.load(f)[0]["seconds"]
     finally:
@@ -301,17 +304,15 @@ def tenth_epoch(config, data_dir, threads=None, busy=False):
 
 
 def measure_threads(r, data_dir):
-    """Fills r["thread_runs"]: every shipped config's tenth of an epoch with no thread setting and
-    with one thread, alone and beside a busy process, and with one thread per CPU alone."""
-    cores = os.cpu_count()
+    """Fills r["thread_runs"]: every shipped config's tenth of an epoch with no thread setting
+    (every core) and with one thread, alone and beside a busy process."""
     r["thread_runs"] = {}
     for config in SHIPPED:
         note(f"threads: {config}")
         r["thread_runs"][config] = {
             "default": tenth_epoch(config, data_dir), "one": tenth_epoch(config, data_dir, 1),
             "default_busy": tenth_epoch(config, data_dir, busy=True),
-            "one_busy": tenth_epoch(config, data_dir, 1, busy=True),
-            "cores": tenth_epoch(config, data_dir, cores), "cores_count": cores}
+            "one_busy": tenth_epoch(config, data_dir, 1, busy=True), "cores": available_cores()}
 
 
 def table(header, rows):
@@ -328,18 +329,18 @@ def fmt(value, spec=".3f", suffix=""):
 def measure(args):
     """Runs the chosen benchmarks; returns the results as a JSON-ready dict."""
     repeats, fraction = (1, 1 / 20) if args.quick else (args.repeats, 1.0)
-    r = {"repeats": repeats, "quick": args.quick, "threads": THREADS, "numpy": np.__version__,
+    r = {"repeats": repeats, "quick": args.quick, "threads": args.threads, "numpy": np.__version__,
          "python": platform.python_version(), "device": args.device, "epochs": {}}
     data, mnist = load_data(args.data_dir)
     r["data"] = f"MNIST from {args.data_dir}" if mnist else "RANDOM data (no MNIST found): accuracies mean nothing"
     if args.device == "gpu":
         r["gpu"] = PreloadedEngine(make_config("mlp", device="gpu"), data).backend.describe()
-        measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction, "gpu")
+        measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction, "gpu", 1)
         return r
     if set(args.only) & {"peak", *EPOCHS}:
         note("peak: float32 matrix products")
         r["peak_gflops"], r["peak_size"] = matmul_peak(repeats)
-    measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction, "cpu")
+    measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction, "cpu", args.threads)
     if "inference" in args.only:
         note("inference: network1 on the test set")
         r["test_seconds"], r["test_weights"] = inference(data, repeats)
@@ -363,12 +364,12 @@ def measure(args):
     return r
 
 
-def measure_epochs(r, names, data, repeats, fraction, device):
+def measure_epochs(r, names, data, repeats, fraction, device, threads):
     """Fills r["epochs"]: every numpy network first, then the same networks in PyTorch (see the
     docstring). The matmul limit is only known on the CPU."""
     for name in names:
         note(f"{name}: {repeats} + 1 epochs on the {device}" + (" of 1/20 size" if fraction < 1 else ""))
-        seconds, flop = numpy_epoch(name, data, repeats, fraction, device)
+        seconds, flop = numpy_epoch(name, data, repeats, fraction, device, threads)
         e = r["epochs"][name] = {"seconds": seconds, "gflop": flop / 1e9, "gflops": flop / seconds / 1e9}
         if "peak_gflops" in r:
             limit = flop / (r["peak_gflops"] * 1e9)
@@ -383,7 +384,7 @@ def measure_epochs(r, names, data, repeats, fraction, device):
     if device == "gpu" and not torch.cuda.is_available():
         r["torch"] = None
         return
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     r["torch"] = torch.__version__ + (f" CUDA {torch.version.cuda}" if device == "gpu" else "")
     for name in names:
         note(f"{name}: PyTorch, {repeats} + 1 epochs")
@@ -412,7 +413,7 @@ def targets(r):
                     "<=", 1.2, "x"),
                    ("default / 1 thread, worst shipped config, busy",
                     max(v["default_busy"] / v["one_busy"] for v in t.values()), "<=", 1.2, "x"),
-                   ("cnn.json: 1 thread / all CPUs' threads", t["cnn"]["one"] / t["cnn"]["cores"], ">=", 1.7, "x")]
+                   ("cnn.json: 1 thread / all CPUs' threads", t["cnn"]["one"] / t["cnn"]["default"], ">=", 1.7, "x")]
     checks += [("network1 test inference, 10,000 images", r.get("test_seconds"), "<", 0.5, " s"),
               ("peak RSS training network1", r.get("train_peak_rss_mb"), "<", 600, " MB"),
               ("MNIST load from the verified cache", r.get("load_seconds"), "<", 1.0, " s")]
@@ -424,7 +425,7 @@ def targets(r):
 def report(r):
     """The tables, as text."""
     torch = f", torch {r['torch'] or 'not installed (or no CUDA)'}" if "torch" in r else ""
-    where = f"GPU: {r['gpu']}" if r["device"] == "gpu" else f"{THREADS} threads"
+    where = f"GPU: {r['gpu']}" if r["device"] == "gpu" else f"{r['threads']} threads"
     lines = [f"numpy {r['numpy']}, {where}{torch}; {r['data']}",
              f"medians of {r['repeats']} repeat(s)" + ("; QUICK: 1/20 epochs scaled up, not a measurement"
                                                        if r["quick"] else ""), ""]
@@ -444,12 +445,12 @@ def report(r):
     if any(row[1] != "-" for row in others):
         lines += [table(("other", "value", "unit"), [row for row in others if row[1] != "-"]), ""]
     if r.get("thread_runs"):
-        cores = next(iter(r["thread_runs"].values()))["cores_count"]
-        rows = [(config, fmt(t["default"]), fmt(t["one"]), fmt(t["default_busy"]), fmt(t["one_busy"]),
-                 fmt(t["cores"])) for config, t in r["thread_runs"].items()]
-        lines += ["seconds of a tenth of an epoch, by main.py, with no thread setting (default) or BLAS threads given:",
-                  table(("config", "default", "1 thread", "default, busy", "1 thread, busy", f"{cores} threads"),
-                        rows), ""]
+        cores = next(iter(r["thread_runs"].values()))["cores"]
+        rows = [(config, fmt(t["default"]), fmt(t["one"]), fmt(t["default_busy"]), fmt(t["one_busy"]))
+                for config, t in r["thread_runs"].items()]
+        lines += [f"seconds of a tenth of an epoch, by main.py, with no thread setting (default: threads {cores}, "
+                  "every core) or threads 1:",
+                  table(("config", "default", "1 thread", "default, busy", "1 thread, busy"), rows), ""]
     unit = lambda t: t["unit"] if t["unit"] == "x" else " " + t["unit"]
     met = {True: "yes", False: "NO", None: "not judged (--quick)"}
     lines += [table(("target", "measured" + (" (quick)" if r["quick"] else ""), "goal", "met"), [
@@ -461,6 +462,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
                         help="where the epochs run: cpu, or gpu through CuPy beside PyTorch CUDA (default: cpu)")
+    parser.add_argument("--threads", type=int, default=available_cores(),
+                        help="the project's `threads` setting and PyTorch's threads on the CPU "
+                             "(default: every core, here %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each item (default: 3)")
     parser.add_argument("--quick", action="store_true",
                         help="one repeat on 1/20 of an epoch, a smoke check (default: off)")
@@ -471,8 +475,9 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "data"),
                         help="the MNIST cache (default: the repository's data/)")
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error(f"--repeats: expected an integer >= 1, got {args.repeats}")
+    for name in ("repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
     args.json, args.data_dir = os.path.abspath(args.json), os.path.abspath(args.data_dir)
     os.chdir(ROOT)                               # configs, models/ and main.py are relative to it
     results = measure(args)
