@@ -115,9 +115,9 @@ class NNModule:
     and that the layer draws no random numbers, so a batch may be cut into slices that run
     through it apart (parallel.py does, on every CPU core); its forward must rebind its caches,
     never fill arrays it kept from an earlier call. False, the safe default, keeps the batch whole.
-    `worth_splitting = True` adds that the layer does much work for each value it gives
-    (convolution, pooling, recurrence), so that slices on several threads pay for the copy that
-    joins them again; parallel.py splits only stretches of layers that hold such a layer.
+    `worth_splitting = True` adds that the layer does much work outside matrix products, on
+    large arrays (convolution, pooling); parallel.py splits the batches only of networks that
+    hold such a layer (an MLP's time goes to its products).
     """
 
     per_example = False
@@ -645,13 +645,14 @@ class BatchNorm(NNModule):
 
     def forward(self, x):
         if not self.training:
-            self.start(x)
+            self.prepare(x)
             mean, var = self.state["running_mean"], self.state["running_var"]
             return self.normalize(x - mean.reshape(self.shape), var)
         # the three steps that parallel.py runs on slices of a batch (forward_total once, on the sums of all)
-        return self.forward_finish(x, self.forward_total([self.forward_sums(x)]))
+        return self.forward_finish(self.forward_total([self.forward_sums(x)]))
 
-    def start(self, x):
+    def prepare(self, x):
+        """Checks x and notes the axes a channel's values lie along."""
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
             raise ValueError(f"num_features is {self.num_features}, but the input has shape {shape_text(x)}; "
                              f"expected (N, C) or (N, C, H, W) with C = {self.num_features}")
@@ -662,7 +663,7 @@ class BatchNorm(NNModule):
     def forward_sums(self, x):
         """Training, step 1, on the batch or a slice of it: per channel, the number of values,
         their mean and the sum of their squared deviations from it."""
-        self.start(x)
+        self.prepare(x)
         self.mean = x.mean(axis=self.axes)
         self.centred = x - self.mean.reshape(self.shape)
         return x.size // self.num_features, self.mean, per_channel_dot(self.centred, self.centred)
@@ -681,10 +682,11 @@ class BatchNorm(NNModule):
                 self.state[key] += (1 - self.momentum) * batch
         return mean, var
 
-    def forward_finish(self, x, total):
-        """Training, step 3, on what step 1 had: y, from the batch's mean and variance."""
+    def forward_finish(self, total):
+        """Training, step 3, on the x of step 1 (which kept what it needs): y, from the batch's
+        mean and variance."""
         mean, var = total
-        self.centred -= (mean - self.mean).reshape(self.shape)   # x - the batch's mean (the slice's is 0 away for a whole batch)
+        self.centred -= (mean - self.mean).reshape(self.shape)   # now x - the batch's mean, not the slice's
         return self.normalize(self.centred, var)
 
     def normalize(self, centred, var):
@@ -713,7 +715,7 @@ class BatchNorm(NNModule):
         return sum(n for n, _, _ in sums), self.grads["beta"], self.grads["gamma"]
 
     def backward_finish(self, grad_y, total):
-        """Step 3, in training, on what step 1 had: dL/dx.
+        """Step 3, in training, on the grad_y of step 1: dL/dx.
 
         mean and var depend on x. With m values per channel in the batch, and since sum(dL/dx_hat)
         = gamma * dL/dbeta and sum(dL/dx_hat * x_hat) = gamma * dL/dgamma:
@@ -760,8 +762,9 @@ class Recurrent(NNModule):
     Shape: x (N, T, n_in) -> y (N, T, H) with return_sequences, else (N, H).
     """
 
+    # per example, but not worth_splitting: each time step works on small arrays, and two
+    # threads would mostly wait on each other for Python's lock (gru.json: 1.25x slower)
     per_example = True
-    worth_splitting = True
     blocks = 1
     biases = ("bias",)
 
