@@ -32,7 +32,7 @@ from errors import ConfigError, DataError, ModelFileError
 from log import fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from parallel import available_cores
+from parallel import available_cores, worth_splitting
 from utils import atomic_write, check_writable, copy_arrays, read_pickle, save_model, training_lock
 
 EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
@@ -158,9 +158,14 @@ class Engine:
         for layer in model.layers:
             if hasattr(layer, "rng"):
                 layer.rng = self.backend.random(self.rng)
-        if self.backend.name == "cpu":
-            model.use_threads(self.config["threads"] or available_cores())
-        return model
+        return model.use_threads(self.threads(model))
+
+    def threads(self, model):
+        """How many threads share each batch of `model` here: `threads` (default every core) on
+        the CPU for a network worth it (parallel.py), else 1."""
+        if self.backend.name != "cpu" or not worth_splitting(model.layers):
+            return 1
+        return self.config["threads"] or available_cores()
 
     # ---- building and checking, before any data --------------------------------------------
 
@@ -337,7 +342,7 @@ class Engine:
         """Everything a resumed run needs: weights, optimizer state, random state, position."""
         save_model(self.checkpoint_path(), model, self.config, {
             "optimizer": map_arrays(to_numpy, optimizer.state_dict()), "rng": self.rng.bit_generator.state,
-            "progress": progress})
+            "progress": progress, "threads": self.threads(model)})
 
     def load_checkpoint(self, model, optimizer):
         """Restores model, optimizer and random state from the checkpoint; returns the progress."""
@@ -346,7 +351,7 @@ class Engine:
         if not {"optimizer", "rng", "progress"} <= payload.keys():
             raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
         ignored = ("task", "log_level", "log_file", "num_epochs", "plot", "show", "input", "save_prepared",
-                   "device")                            # a checkpoint holds numpy arrays: any device resumes it
+                   "device", "threads")                 # a checkpoint holds numpy arrays: any device resumes it
         changed = changes(payload["config"], self.config, ignore=ignored)
         if changed:
             raise ConfigError(f"--resume: {path} was made with another config (then -> now: {'; '.join(changed)}); "
@@ -363,6 +368,11 @@ class Engine:
                               f"to train longer, raise num_epochs (--set num_epochs=N, N > {progress['epoch'] - 1})")
         if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew
             progress.update(stopped=False, stale=0)
+        trained_on, goes_on = payload.get("threads", 1), self.threads(model)
+        if trained_on != goes_on:
+            self.log.warning(f"--resume: the run trained on {trained_on} thread(s) and goes on with {goes_on}; its "
+                             f"weights will differ in the last bits from those of a run on {trained_on} "
+                             f"(--set threads={trained_on} gives those)")
         copy_arrays(model, payload, path)
         optimizer.load_state_dict(payload["optimizer"])
         self.rng.bit_generator.state = payload["rng"]

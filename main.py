@@ -18,8 +18,8 @@ import threading
 # gain little on a quiet machine (they lose on the MLPs and conv nets, win 1.3x on network1),
 # and while they wait they spin, which makes a machine with one other busy process many times
 # slower (README, Performance). The cores work instead through the `threads` setting, which
-# splits each batch of a conv or recurrent network (parallel.py); two BLAS threads inside each
-# of those would fight over the cores. This must happen before numpy is imported.
+# splits each batch of a conv net (parallel.py); BLAS threads inside each of its threads would
+# fight over the cores. This must happen before numpy is imported.
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 if not any(variable in os.environ for variable in BLAS_THREADS):
     os.environ.update(dict.fromkeys(BLAS_THREADS, "1"))

@@ -61,6 +61,8 @@ class Model(NNModule):
     def use_threads(self, threads):
         """Splits every batch across `threads` CPU threads from now on, if the layers are worth
         it (parallel.py); 1 runs the layers in the calling thread, as a new Model does."""
+        if self.split is not None:
+            self.split.close()
         self.split = BatchSplit(self.layers, threads) if threads > 1 and worth_splitting(self.layers) else None
         return self
 

@@ -113,8 +113,11 @@ class NNModule:
 
     `per_example = True` says that the output for each example depends on that example alone
     and that the layer draws no random numbers, so a batch may be cut into slices that run
-    through it apart (parallel.py does, on every CPU core); its forward must rebind its caches,
-    never fill arrays it kept from an earlier call. False, the safe default, keeps the batch whole.
+    through it apart (parallel.py does, on every CPU core). Each slice runs in a shallow copy
+    of the layer, which shares params, state and every other attribute's object with it: its
+    forward and backward may rebind attributes and write into grads, never write into anything
+    else they did not make in the same call. False, the safe default, keeps the batch whole; a
+    subclass inherits its parent's value.
     `worth_splitting = True` adds that the layer does much work outside matrix products, on
     large arrays (convolution, pooling); parallel.py splits the batches only of networks that
     hold such a layer (an MLP's time goes to its products).
@@ -575,8 +578,8 @@ class Dropout(NNModule):
     """
 
     @property
-    def per_example(self):            # eval mode draws no mask: y = x
-        return not self.training
+    def per_example(self):            # without a mask to draw, y = x
+        return not self.training or self.p == 0
 
     def __init__(self, p=0.5, dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -641,31 +644,34 @@ class BatchNorm(NNModule):
         self.state = {"running_mean": np.zeros(num_features, self.dtype),
                       "running_var": np.ones(num_features, self.dtype)}
         self.x_hat, self.inv_std, self.mean, self.centred = None, None, None, None
-        self.axes, self.shape, self.batch_stats = None, None, None
+        self.axes, self.channel_shape, self.batch_stats = None, None, None
 
     def forward(self, x):
         if not self.training:
-            self.prepare(x)
+            self.note_layout(x)
             mean, var = self.state["running_mean"], self.state["running_var"]
-            return self.normalize(x - mean.reshape(self.shape), var)
-        # the three steps that parallel.py runs on slices of a batch (forward_total once, on the sums of all)
+            self.mean, self.centred = None, None
+            return self.normalize(x - mean.reshape(self.channel_shape), var)
+        # y = gamma * (x - mean) / sqrt(var + eps) + beta with the batch's mean and var, in the
+        # three steps that parallel.py runs on slices of a batch (forward_total once, on all sums)
         return self.forward_finish(self.forward_total([self.forward_sums(x)]))
 
-    def prepare(self, x):
-        """Checks x and notes the axes a channel's values lie along."""
+    def note_layout(self, x):
+        """Checks x, and notes the axes along which a channel's values lie and the shape that
+        broadcasts a (C,) array over x."""
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
             raise ValueError(f"num_features is {self.num_features}, but the input has shape {shape_text(x)}; "
                              f"expected (N, C) or (N, C, H, W) with C = {self.num_features}")
         self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
-        self.shape = (1, -1) + (1,) * (x.ndim - 2)                 # broadcasts (C,) over the input
+        self.channel_shape = (1, -1) + (1,) * (x.ndim - 2)
         self.batch_stats = self.training
 
     def forward_sums(self, x):
         """Training, step 1, on the batch or a slice of it: per channel, the number of values,
         their mean and the sum of their squared deviations from it."""
-        self.prepare(x)
+        self.note_layout(x)
         self.mean = x.mean(axis=self.axes)
-        self.centred = x - self.mean.reshape(self.shape)
+        self.centred = x - self.mean.reshape(self.channel_shape)
         return x.size // self.num_features, self.mean, per_channel_dot(self.centred, self.centred)
 
     def forward_total(self, sums):
@@ -686,21 +692,22 @@ class BatchNorm(NNModule):
         """Training, step 3, on the x of step 1 (which kept what it needs): y, from the batch's
         mean and variance."""
         mean, var = total
-        self.centred -= (mean - self.mean).reshape(self.shape)   # now x - the batch's mean, not the slice's
+        self.centred -= (mean - self.mean).reshape(self.channel_shape)   # now x - the batch's mean, not the slice's
         return self.normalize(self.centred, var)
 
     def normalize(self, centred, var):
+        """y from x - mean (`centred`, which becomes x_hat in place) and the variance."""
         self.inv_std = 1 / np.sqrt(var + self.eps)                 # (C,)
-        centred *= self.inv_std.reshape(self.shape)
+        centred *= self.inv_std.reshape(self.channel_shape)
         self.x_hat = centred
-        y = self.x_hat * self.params["gamma"].reshape(self.shape)
-        y += self.params["beta"].reshape(self.shape)
+        y = self.x_hat * self.params["gamma"].reshape(self.channel_shape)
+        y += self.params["beta"].reshape(self.channel_shape)
         return y
 
     def backward(self, grad_y):
         total = self.backward_total([self.backward_sums(grad_y)])
         if not self.batch_stats:                                   # running mean and var are constants
-            return grad_y * (self.params["gamma"] * self.inv_std).reshape(self.shape)
+            return grad_y * (self.params["gamma"] * self.inv_std).reshape(self.channel_shape)
         return self.backward_finish(grad_y, total)
 
     def backward_sums(self, grad_y):
@@ -721,8 +728,9 @@ class BatchNorm(NNModule):
         = gamma * dL/dbeta and sum(dL/dx_hat * x_hat) = gamma * dL/dgamma:
         dL/dx = gamma * inv_std * (dL/dy - dL/dbeta / m - x_hat * dL/dgamma / m)"""
         m, grad_beta, grad_gamma = total
-        grad_x = grad_y - (grad_beta / m).reshape(self.shape) - self.x_hat * (grad_gamma / m).reshape(self.shape)
-        grad_x *= (self.params["gamma"] * self.inv_std).reshape(self.shape)   # dL/dx_hat = gamma * dL/dy
+        per_channel = lambda v: v.reshape(self.channel_shape)           # (C,) broadcast over grad_y
+        grad_x = grad_y - per_channel(grad_beta / m) - self.x_hat * per_channel(grad_gamma / m)
+        grad_x *= per_channel(self.params["gamma"] * self.inv_std)
         return grad_x
 
     def extra_repr(self):

@@ -5,6 +5,8 @@ it; a model split across threads must compute what it computes in one, gradients
 and a training run on threads must be as reproducible (and resumable) as one without.
 """
 import contextlib
+import inspect
+import warnings
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ import engine
 from gradcheck import away_from_kinks
 from main import main
 from model import build_model
-from nn_module import get_module
-from parallel import batch_slices, steps
+from nn_module import NNModule, get_module
+from parallel import BatchSplit, batch_slices, stages
 from test_device import StopAfter, saved_arrays, write_config
 from test_gradients import LAYER_CASES, check_module
 
@@ -25,7 +27,7 @@ CONV_NET = [{"class": "Conv2D", "in_channels": 2, "out_channels": 3, "kernel_siz
 
 
 def build_layer(name, arguments, training):
-    extra = {"rng": np.random.default_rng(0)} if "rng" in get_module(name).__init__.__code__.co_varnames else {}
+    extra = {"rng": np.random.default_rng(0)} if "rng" in inspect.signature(get_module(name)).parameters else {}
     return get_module(name)(**arguments, dtype=np.float64, **extra).train(training)
 
 
@@ -71,15 +73,54 @@ def test_batch_slices_cover_the_batch_in_order():
     assert batch_slices(100, 1) == [slice(0, 100)]
 
 
-def test_steps_follow_the_mode():
+def test_stages_follow_the_mode():
     model = build_model(CONV_NET)
     kinds = lambda: [(kind, [type(layer).__name__ for layer in model.layers[first:stop]])
-                     for kind, first, stop in steps(model.layers)]
+                     for kind, first, stop in stages(model.layers)]
     assert kinds() == [("examples", ["Conv2D"]), ("sums", ["BatchNorm"]),
                        ("examples", ["ReLU", "MaxPool2D", "Flatten", "Linear", "Tanh"]),
                        ("whole", ["Dropout"]), ("examples", ["Linear"])]
     model.eval()                                     # BatchNorm and Dropout now treat each example apart
     assert kinds() == [("examples", [type(layer).__name__ for layer in model.layers])]
+
+
+@pytest.mark.parametrize("name,arguments,shape", [(n, a, s) for n, cases in LAYER_CASES.items() for a, s in cases])
+def test_every_layer_runs_on_slices_in_threads(name, arguments, shape):
+    """Each layer alone in a BatchSplit of 3 threads (7 examples: slices of 1 and 2, taken by
+    whichever thread comes first) gives the whole batch's output, dL/dx and dL/dparams."""
+    whole, split = build_layer(name, arguments, True), build_layer(name, arguments, True)
+    if not whole.per_example and not hasattr(whole, "forward_sums"):
+        whole.eval(), split.eval()                               # Dropout: per example once it draws no mask
+    rng = np.random.default_rng(1)
+    x = away_from_kinks((7, *shape), rng)
+    y = whole.forward(x)
+    g = rng.normal(size=y.shape)
+    runner = BatchSplit([split], 3)
+    np.testing.assert_allclose(runner.forward(x), y, rtol=1e-12, atol=1e-12)
+    if whole.training:
+        np.testing.assert_allclose(runner.backward(g), whole.backward(g), rtol=1e-10, atol=1e-12)
+        for key in whole.grads:
+            np.testing.assert_allclose(split.grads[key], whole.grads[key], rtol=1e-10, atol=1e-12, err_msg=key)
+        for key in whole.state:                                  # BatchNorm's running averages, moved once
+            np.testing.assert_allclose(split.state[key], whole.state[key], rtol=1e-12)
+
+
+class FailsOnNegative(NNModule):
+    per_example = True
+
+    def forward(self, x):
+        if (x < 0).any():
+            raise ValueError("a negative input")
+        return x
+
+
+def test_an_error_in_any_thread_reaches_the_caller():
+    x = np.ones((8, 3))
+    x[-1, 0] = -1                                                # only the last slice fails
+    runner = BatchSplit([FailsOnNegative()], 2)
+    with pytest.raises(ValueError, match="a negative input"):
+        runner.forward(x)
+    np.testing.assert_array_equal(runner.forward(np.ones((8, 3))), np.ones((8, 3)))   # and it goes on working
 
 
 def test_only_networks_worth_it_are_split():
@@ -130,7 +171,7 @@ def test_a_split_model_skips_the_input_gradient_like_one_thread():
 
 
 def conv_config(tmp_path, mnist_data_dir, name, **keys):
-    return write_config(tmp_path, mnist_data_dir, name, optimizer={"name": "momentum"}, lr=0.05, **keys)
+    return write_config(tmp_path, mnist_data_dir, name, **{"optimizer": {"name": "momentum"}, "lr": 0.05, **keys})
 
 
 def test_training_on_threads_is_reproducible_and_close_to_one_thread(tmp_path, mnist_data_dir):
@@ -157,3 +198,39 @@ def test_resume_on_threads_gives_the_uninterrupted_weights(tmp_path, mnist_data_
 def test_threads_must_be_a_positive_integer(tmp_path, mnist_data_dir, capsys):
     assert main([conv_config(tmp_path, mnist_data_dir, "bad", threads=0)]) == 2
     assert capsys.readouterr().err == "error: threads: expected an integer >= 1, got 0\n"
+
+
+class Overflows(NNModule):
+    per_example = True
+
+    def forward(self, x):
+        return x * np.float32(1e30)
+
+
+def test_numpy_error_settings_hold_in_every_thread():
+    """The engine ignores overflow while it checks the loss itself (np.errstate); the pool's
+    threads must too, or their warnings would come before the one error line."""
+    runner, x = BatchSplit([Overflows()], 2), np.full((8, 3), 1e30, np.float32)
+    with np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")                  # a warning in any thread raises
+        assert np.isinf(runner.forward(x)).all()
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        runner.forward(x)
+
+
+def test_a_diverging_split_network_ends_in_one_error_line(tmp_path, mnist_data_dir, capsys):
+    config = conv_config(tmp_path, mnist_data_dir, "diverge", threads=2, num_epochs=1, clip_grad_norm=None,
+                         optimizer={"name": "sgd"}, lr=1e30)
+    assert main([config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training diverged") and err.count("\n") == 1, err
+
+
+def test_resume_on_other_threads_says_so(tmp_path, mnist_data_dir, monkeypatch, capsys):
+    cut = conv_config(tmp_path, mnist_data_dir, "cut", threads=3)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(17)))
+        assert main([cut]) == 130
+    capsys.readouterr()
+    assert main([cut, "--resume", "--set", "threads=2"]) == 0
+    assert "the run trained on 3 thread(s) and goes on with 2" in capsys.readouterr().err
