@@ -441,3 +441,11 @@ def test_workers_stop_when_their_command_is_killed(tmp_path, mnist_data_dir):
         for pid in alive():
             os.kill(pid, signal.SIGKILL)
     assert "RUNNING" not in [t.state.name for t in study_of(config).trials]
+
+
+def test_the_workers_share_the_cores(tmp_path, mnist_data_dir, monkeypatch):
+    monkeypatch.setattr(tune, "available_cores", lambda: 8)
+    config = tune_config(tmp_path, mnist_data_dir, workers=3)
+    assert tune.make_plan(config, [], load_config(config))["threads"] == 2          # 8 cores, 3 workers
+    given = ["threads=3"]
+    assert tune.make_plan(config, given, load_config(config, given))["threads"] == 3
