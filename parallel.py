@@ -145,7 +145,7 @@ class BatchSplit:
 
     def __init__(self, layers, threads):
         self.layers, self.threads = layers, threads
-        self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="batch-slice")
+        self.pool = ThreadPoolExecutor(max(threads - 1, 1), thread_name_prefix="batch-slice")
         self.slices, self.stages, self.replicas = None, None, None
 
     def close(self):
