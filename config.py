@@ -38,7 +38,7 @@ DEFAULTS = {
     "seed": 0,
     "dtype": "float32",
     "device": "cpu",            # cpu (numpy) | gpu (CuPy on an NVIDIA GPU)
-    "threads": None,            # cpu: threads that share each batch (parallel.py); None: every core
+    "threads": None,            # cpu: threads that share each batch of a conv net (parallel.py); None: every core
     "batch_size": 100,
     "num_epochs": 30,
     "lr": 0.1,
