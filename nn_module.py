@@ -677,11 +677,15 @@ class BatchNorm(NNModule):
     def forward_total(self, sums):
         """Training, step 2, once a batch: its mean and (biased) variance from its slices' sums
         (the pairwise formula of Chan, Golub and LeVeque: each slice's squared deviations, moved
-        to the batch's mean; for one slice, the plain two-pass mean and variance); the running
-        averages move towards them."""
+        to the batch's mean; for the whole batch, its own two-pass mean and variance); the
+        running averages move towards them."""
         count = sum(n for n, _, _ in sums)
-        mean = sum(n / count * slice_mean for n, slice_mean, _ in sums)
-        var = sum(squares + n * (slice_mean - mean) ** 2 for n, slice_mean, squares in sums) / count
+        if len(sums) == 1:                                         # the whole batch
+            _, mean, squares = sums[0]
+            var = squares / count
+        else:
+            mean = sum(n / count * slice_mean for n, slice_mean, _ in sums)
+            var = sum(squares + n * (slice_mean - mean) ** 2 for n, slice_mean, squares in sums) / count
         if count > 1:                                              # one value per channel has no variance
             for key, batch in (("running_mean", mean), ("running_var", var)):
                 self.state[key] *= self.momentum                 # running = momentum running + (1 - momentum) batch
@@ -692,7 +696,8 @@ class BatchNorm(NNModule):
         """Training, step 3, on the x of step 1 (which kept what it needs): y, from the batch's
         mean and variance."""
         mean, var = total
-        self.centred -= (mean - self.mean).reshape(self.channel_shape)   # now x - the batch's mean, not the slice's
+        if mean is not self.mean:                                  # a slice: deviations from the batch's mean
+            self.centred -= (mean - self.mean).reshape(self.channel_shape)
         return self.normalize(self.centred, var)
 
     def normalize(self, centred, var):

@@ -46,6 +46,15 @@ def gpu_or_skip():
         pytest.skip(f"no GPU here: {err}")
 
 
+def on_device(module, device):
+    """`module` with its arrays on `device` (a backend.Backend), its random layers (Dropout)
+    drawing through it: what the engine's to_device does to a model."""
+    module.map_arrays(device.to_device)
+    if hasattr(module, "rng"):
+        module.rng = device.random(module.rng)
+    return module
+
+
 @pytest.fixture(params=["cpu", "stand-in", "gpu"])
 def device(request):
     """Each backend the layer, gradient and optimizer tests run on: numpy; the strict stand-in

@@ -8,7 +8,6 @@ on a real GPU where CuPy finds one (test_real_gpu_*), and skip with the reason e
 """
 import contextlib
 import json
-import pickle
 import sys
 
 import numpy as np
@@ -19,6 +18,8 @@ import engine
 from conftest import gpu_or_skip
 from main import main
 from strict_device import StrictBackend
+from test_cli import run_error as one_error_line
+from utils import read_pickle
 
 CONV_NET = [{"class": "Reshape", "shape": [1, 28, 28]},
             {"class": "Conv2D", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1},
@@ -39,8 +40,7 @@ def write_config(tmp_path, mnist_data_dir, name="config", **keys):
 
 
 def saved_arrays(path):
-    with open(path, "rb") as f:
-        payload = pickle.load(f)
+    payload = read_pickle(path)                   # which refuses anything but numpy arrays
     return {**payload["params"], **payload["state"]}
 
 
@@ -107,9 +107,8 @@ def test_a_host_array_in_a_device_layer_is_caught(stand_in):
 
 
 def run_error(capsys, argv):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: device: ") and "Traceback" not in err, err
+    err = one_error_line(capsys, argv)
+    assert err.startswith("error: device: "), err
     return err
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from backend import to_numpy
+from conftest import on_device
 from gradcheck import TOLERANCE, away_from_kinks, numeric_grad, relative_error
 from model import build_model
 from nn_module import LAYERS, LOSSES, NNModule, get_module, register
@@ -46,9 +47,7 @@ def check_module(module, x, rng, device):
     """Asserts grad_x and every grads[k] match central differences of sum(forward(x) * g), with
     the module and x moved to `device` (a backend.Backend)."""
     seed = int(rng.integers(1 << 30))
-    module.map_arrays(device.to_device)
-    if hasattr(module, "rng"):                     # Dropout draws its masks through the device
-        module.rng = device.random(module.rng)
+    on_device(module, device)
     x = device.to_device(x)
 
     def f():

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from backend import to_numpy
+from conftest import on_device
 from errors import ConfigError
 from model import build_model
 from nn_module import LAYERS, get_module
@@ -19,9 +20,7 @@ def build(name, arguments, dtype=np.float32):
 def test_layer_contract(name, arguments, shape, device):
     """Built from its spec and moved to the device: float32 in and out, params/grads parity,
     repr, train/eval, grad_y untouched."""
-    layer = build(name, arguments).map_arrays(device.to_device)
-    if hasattr(layer, "rng"):
-        layer.rng = device.random(layer.rng)
+    layer = on_device(build(name, arguments), device)
     x = device.to_device(np.random.default_rng(1).normal(size=(3, *shape)).astype(np.float32))
     y = layer.forward(x)
     assert y.dtype == np.float32 and len(y) == 3
