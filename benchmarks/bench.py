@@ -81,6 +81,7 @@ import numpy as np  # noqa: E402
 from config import read_json, validate  # noqa: E402  (needs ROOT on the path)
 from datasets.mnist import load_mnist  # noqa: E402
 import tasks  # noqa: E402
+from backend import DEVICES, gpu  # noqa: E402
 from engine import Engine  # noqa: E402
 from errors import ConfigError  # noqa: E402
 from log import Logger  # noqa: E402
@@ -104,7 +105,6 @@ REFERENCE = {
              {"class": "Linear", "n_in": 128, "n_out": 10}],
 }
 CONFIGS = {"network1": "configs/network1.json", "cnn": "configs/cnn.json"}
-CPU_ONLY = ("peak", "inference", "load", "memory", "threads")
 LR, BATCH, TRAIN, VALID = 0.05, 100, 55_000, 5_000
 # Runs argv with stdout discarded and prints "exit-status seconds peak-RSS". It must be a small
 # process: on Linux a child's ru_maxrss also counts the RSS its spawner had (the high-water mark
@@ -154,8 +154,8 @@ def load_data(data_dir):
 class PreloadedEngine(Engine):
     """The project's Engine, given arrays already in memory instead of reading its dataset."""
 
-    def __init__(self, config, data, log=None):
-        super().__init__(config, log or Logger(0))
+    def __init__(self, config, data):
+        super().__init__(config, Logger(0))
         self.data = data
 
     def load_data(self, split=None):
@@ -196,14 +196,13 @@ def numpy_epoch(name, data, repeats, fraction, device, threads):
 
 
 def torch_network(name, nn):
-    """The network of `name` in PyTorch, and its optimizer's arguments besides lr."""
-    momentum = {"momentum": 0.9}
+    """The network of `name` in PyTorch."""
     if name == "mlp":
-        return nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 10)), momentum
+        return nn.Sequential(nn.Linear(784, 200), nn.Tanh(), nn.Linear(200, 10))
     if name == "conv":
         return nn.Sequential(nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
                              nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Flatten(), nn.Linear(1568, 10)), momentum
+                             nn.Flatten(), nn.Linear(1568, 10))
     if name == "lstm":
         class RowsLSTM(nn.Module):
             def __init__(self):
@@ -213,25 +212,25 @@ def torch_network(name, nn):
             def forward(self, x):
                 out, _ = self.lstm(x.view(-1, 28, 28))          # (N, 28 rows, 128)
                 return self.linear(out[:, -1])
-        return RowsLSTM(), momentum
+        return RowsLSTM()
     if name == "network1":                  # configs/network1.json (its final Softmax is in the loss)
         return nn.Sequential(nn.Linear(784, 1024), nn.BatchNorm1d(1024), nn.ReLU(),
-                             nn.Linear(1024, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, 10)), momentum
+                             nn.Linear(1024, 1024), nn.BatchNorm1d(1024), nn.ReLU(), nn.Linear(1024, 10))
     return nn.Sequential(nn.Unflatten(1, (1, 28, 28)),   # configs/cnn.json
                          nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Dropout(0.3),
-                         nn.Linear(128, 10)), {"momentum": 0.9, "weight_decay": 5e-4}
+                         nn.Linear(128, 10))
 
 
 def torch_epoch(torch, name, data, repeats, fraction, device="cpu"):
     """Seconds per full epoch of the same network in PyTorch on `device` (cpu or cuda), like
     numpy_epoch: the engine's bookkeeping (loss and accuracy each batch), then validation."""
     torch.manual_seed(0)
-    net, optimizer_args = torch_network(name, torch.nn)
-    net, loss_fn = net.to(device), torch.nn.CrossEntropyLoss()
-    lr = make_config(name)["lr"]
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr, **optimizer_args)
+    net, loss_fn = torch_network(name, torch.nn).to(device), torch.nn.CrossEntropyLoss()
+    cfg = make_config(name)
+    optimizer_args = {k: v for k, v in cfg["optimizer"].items() if k != "name"}
+    optimizer = torch.optim.SGD(net.parameters(), lr=cfg["lr"], **optimizer_args)
     n_train, n_valid = round(TRAIN * fraction), round(VALID * fraction)
     x, y = torch.from_numpy(data["x_train"]).to(device), torch.from_numpy(data["y_train"]).to(device)
     x_train, y_train, x_valid, y_valid = x[:n_train], y[:n_train], x[len(x) - n_valid:], y[len(y) - n_valid:]
@@ -305,14 +304,14 @@ def tenth_epoch(config, data_dir, threads=None, busy=False):
 
 def measure_threads(r, data_dir):
     """Fills r["thread_runs"]: every shipped config's tenth of an epoch with no thread setting
-    (every core) and with one thread, alone and beside a busy process."""
-    r["thread_runs"] = {}
+    (every core) and with one thread, alone and beside a busy process; r["thread_cores"]: the cores."""
+    r["thread_runs"], r["thread_cores"] = {}, available_cores()
     for config in SHIPPED:
         note(f"threads: {config}")
         r["thread_runs"][config] = {
             "default": tenth_epoch(config, data_dir), "one": tenth_epoch(config, data_dir, 1),
             "default_busy": tenth_epoch(config, data_dir, busy=True),
-            "one_busy": tenth_epoch(config, data_dir, 1, busy=True), "cores": available_cores()}
+            "one_busy": tenth_epoch(config, data_dir, 1, busy=True)}
 
 
 def table(header, rows):
@@ -334,7 +333,7 @@ def measure(args):
     data, mnist = load_data(args.data_dir)
     r["data"] = f"MNIST from {args.data_dir}" if mnist else "RANDOM data (no MNIST found): accuracies mean nothing"
     if args.device == "gpu":
-        r["gpu"] = PreloadedEngine(make_config("mlp", device="gpu"), data).backend.describe()
+        r["gpu"] = gpu().describe()
         measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction, "gpu", 1)
         return r
     if set(args.only) & {"peak", *EPOCHS}:
@@ -445,11 +444,10 @@ def report(r):
     if any(row[1] != "-" for row in others):
         lines += [table(("other", "value", "unit"), [row for row in others if row[1] != "-"]), ""]
     if r.get("thread_runs"):
-        cores = next(iter(r["thread_runs"].values()))["cores"]
         rows = [(config, fmt(t["default"]), fmt(t["one"]), fmt(t["default_busy"]), fmt(t["one_busy"]))
                 for config, t in r["thread_runs"].items()]
-        lines += [f"seconds of a tenth of an epoch, by main.py, with no thread setting (default: threads {cores}, "
-                  "every core) or threads 1:",
+        lines += [f"seconds of a tenth of an epoch, by main.py, with no thread setting "
+                  f"(default: threads {r['thread_cores']}, every core) or threads 1:",
                   table(("config", "default", "1 thread", "default, busy", "1 thread, busy"), rows), ""]
     unit = lambda t: t["unit"] if t["unit"] == "x" else " " + t["unit"]
     met = {True: "yes", False: "NO", None: "not judged (--quick)"}
@@ -460,7 +458,7 @@ def report(r):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
                         help="where the epochs run: cpu, or gpu through CuPy beside PyTorch CUDA (default: cpu)")
     parser.add_argument("--threads", type=int, default=available_cores(),
                         help="the project's `threads` setting and PyTorch's threads on the CPU "
