@@ -336,7 +336,7 @@ class Engine:
     # ---- checkpoints and history -------------------------------------------------------------
 
     def checkpoint_path(self):
-        return os.path.splitext(self.config["model_file"])[0] + ".ckpt"
+        return checkpoint_path(self.config["model_file"])
 
     def save_checkpoint(self, model, optimizer, progress):
         """Everything a resumed run needs: weights, optimizer state, random state, position."""
@@ -404,6 +404,11 @@ class Engine:
     def save_history(self, history):
         with atomic_write(self.history_path(), "w") as f:
             json.dump(history, f, indent=1)
+
+
+def checkpoint_path(model_file):
+    """Where the checkpoint of the run that saves `model_file` goes: beside it, as .ckpt."""
+    return os.path.splitext(model_file)[0] + ".ckpt"
 
 
 def is_finished(progress, num_epochs):

@@ -32,6 +32,7 @@ reason in "failure", and the study goes on.
 
 This is the only module that imports Optuna; nothing else in the project needs it installed.
 """
+import contextlib
 import copy
 import hashlib
 import json
@@ -46,7 +47,7 @@ import warnings
 import numpy as np
 
 from config import apply_override, changes, read_json, validate
-from engine import Engine, Interrupted, stop_requests
+from engine import Engine, Interrupted, checkpoint_path, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
 from model import build_model
@@ -289,9 +290,8 @@ def check_unchanged(study, plan):
         raise ConfigError(f"tune.space: study {name} was created with another search space ({'; '.join(changed)}); "
                           f"use its space, or another tune.study")
     if "config" in stored:
-        changed = changes(validate({**copy.deepcopy(stored["config"]), "task": "train"}, plan["config_path"]),
-                          validate({**copy.deepcopy(plan["raw"]), "task": "train"}, plan["config_path"]),
-                          ignore=PLACE_KEYS)
+        changed = changes(trial_config(stored["config"], {}, plan["config_path"]),
+                          trial_config(plan["raw"], {}, plan["config_path"]), ignore=PLACE_KEYS)
         if changed:
             raise ConfigError(f"study {name} was created with another config ({'; '.join(changed)}); "
                               f"use its config, or another tune.study")
@@ -376,10 +376,15 @@ def add_slots(study, plan, created):
         if plan["trials"] != planned:
             study.set_user_attr("trials", plan["trials"])
     if stop.is_set():
-        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+        raise interrupted(plan)
 
 
 # ---- workers ------------------------------------------------------------------------------------
+
+def interrupted(plan):
+    """The Interrupted that a stopped command raises."""
+    return Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+
 
 def work(plan, study, log):
     """Runs WAITING trials until none is left and no other worker's trial is running (one of
@@ -399,7 +404,7 @@ def work(plan, study, log):
                     return
     finally:
         trial_log.close()
-    raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+    raise interrupted(plan)
 
 
 def run_one_trial(plan, study, log, trial_log, stop):
@@ -419,7 +424,7 @@ def run_one_trial(plan, study, log, trial_log, stop):
             log.info(trial_line(frozen, plan) + ": stopped, runs again when the study continues")
         if isinstance(err, DataError):
             raise
-        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}") from None
+        raise interrupted(plan) from None
     except Exception as err:                         # a bug: the slot is not lost, the traceback is shown
         if "trial" in ran:
             frozen = find_trial(study, ran["trial"].number)
@@ -508,9 +513,8 @@ def find_trial(study, number):
 def remove_checkpoint(model_file):
     """The engine leaves a checkpoint beside each model, for --resume to continue or extend the run;
     a trial never is (a stopped one runs again from its start), so its checkpoint goes."""
-    path = os.path.splitext(model_file)[0] + ".ckpt"
-    if os.path.exists(path):
-        os.unlink(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(checkpoint_path(model_file))
 
 
 def run_workers(plan, log):
@@ -547,7 +551,7 @@ def run_workers(plan, log):
     if messages:
         raise ConfigError(messages[0])
     if any(p.exitcode == 130 for p in processes):
-        raise Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+        raise interrupted(plan)
     return [p.name for p in processes if p.exitcode > 0]     # a bug, which printed its traceback
 
 
@@ -579,8 +583,7 @@ def stop_when_orphaned(parent):
 
 def trial_line(trial, plan):
     """trial 3  lr=0.05 num_epochs=20  valid 97.84% (epoch 12)  complete  41.2s"""
-    params = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                      for key, value in trial.params.items())
+    params = " ".join(f"{key}={param_text(value)}" for key, value in trial.params.items())
     retry = trial.system_attrs.get("failed_trial")
     line = f"trial {trial.number}" + (f" (again, for trial {retry})" if retry is not None else "") + f"  {params}"
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
@@ -594,6 +597,11 @@ def trial_line(trial, plan):
     else:
         line += f"  {trial.state.name.lower()}"
     return line + f"  {seconds:.1f}s"
+
+
+def param_text(value):
+    """A drawn value as the trial lines and the table show it: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def report(plan, study, log):
@@ -611,7 +619,7 @@ def report(plan, study, log):
     for t in complete[:BEST_SHOWN]:
         rows.append([str(t.number), f"{100 * t.value:.2f}%", str(t.user_attrs["best_epoch"]),
                      f"{t.duration.total_seconds():.0f}" if t.duration else "",
-                     *[f"{t.params[k]:.4g}" if isinstance(t.params[k], float) else str(t.params[k]) for k in keys]])
+                     *[param_text(t.params[k]) for k in keys]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     log.result("best trials (validation accuracy):")
     for row in rows:

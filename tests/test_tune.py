@@ -75,8 +75,7 @@ def assert_each_trial_ran_once(study, count):
 
 def run_tune(config, *options):
     return subprocess.Popen([sys.executable, str(ROOT / "main.py"), config, "--task", "tune", *options],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("space,message", [
@@ -271,7 +270,7 @@ def test_a_worker_that_fails_with_a_traceback_makes_the_command_fail(tmp_path, m
         "def broken(self, on_epoch=None):\n    raise RuntimeError('a bug')\nengine.Engine.train = broken\n")
     process = subprocess.run([sys.executable, str(ROOT / "main.py"), config, "--task", "tune", "--workers", "2"],
                              capture_output=True, text=True, timeout=240,
-                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OPENBLAS_NUM_THREADS": "1"})
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
     assert process.returncode == 1, process.stderr
     assert "RuntimeError: a bug" in process.stderr
     assert re.search(r"^error: worker [01] failed; see its traceback above$", process.stderr, re.M), process.stderr
