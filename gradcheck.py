@@ -161,12 +161,16 @@ def run(config, input_shape, log):
             pred = model.layers[-1].forward(pred)
         labels = rng.integers(0, shapes[-1][0], BATCH)
         results.append((label, check_loss(loss, pred, labels, rng), ""))
-    width = max(len(label) for label, _, _ in results)
+    width, failed = max(len(label) for label, _, _ in results), []
     for label, error, why in results:                  # why None: an earlier layer failed to run
-        passed = why is not None and error < TOLERANCE and not why
-        verdict = "not reached" if why is None else f"{error:.2e}  {'ok' if passed else 'FAILED'}{why}"
+        if why is None:
+            verdict = "not reached"
+        else:
+            passed = error < TOLERANCE and not why     # why "": it ran; " (Error: ...)": it raised
+            verdict = f"{error:.2e}  {'ok' if passed else 'FAILED'}{why}"
+            if not passed:
+                failed.append(label)
         log.result(f"{label:<{width}}  {verdict}")
-    failed = [label for label, error, why in results if why is not None and (why or not error < TOLERANCE)]
     if failed:
         raise GradcheckFailed(f"gradcheck: {len(failed)} of {len(results)} FAILED: {', '.join(failed)}")
     return results

@@ -126,17 +126,20 @@ def predict(engine):
     targets = [os.path.join(c["plot_dir"], name) for name in prepared_names(c["input"])]
     if c["save_prepared"]:
         check_writable(targets[0], "plot_dir")
-    names, results, failed = info.class_names, {}, []
+    names, results, failed, good = info.class_names, {}, [], []
     for path, target in zip(c["input"], targets):
         try:
-            image = prepare_image(path)                                           # (28, 28)
+            good.append((path, target, prepare_image(path)))                   # image (28, 28)
         except DataError as err:
             if len(c["input"]) == 1:
                 raise
             engine.log.error(str(err))
             failed.append(path)
-            continue
-        p = host_probabilities(engine, model, image.reshape(1, *info.input_shape).astype(engine.dtype))[0]
+    probs = []                                    # one forward pass for all the readable images
+    if good:
+        x = np.stack([image for _, _, image in good]).reshape(len(good), *info.input_shape)
+        probs = host_probabilities(engine, model, x.astype(engine.dtype))
+    for (path, target, image), p in zip(good, probs):
         top = np.argsort(-p)[:3]
         others = ", ".join(f"{names[k]} {p[k]:.4f}" for k in top)
         engine.log.result(f"{path}: {names[top[0]]} {p[top[0]]:.4f} (top-3: {others})")

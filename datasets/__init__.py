@@ -10,13 +10,13 @@ The engine calls `make_dataset(config)`, then `info()` before any data is read (
 checked against it) and `load_dataset(dataset, log)` to get the arrays, checked here (the test
 task only the test arrays, through `load_test`).
 """
-import importlib
-import pkgutil
+import sys
 from collections import namedtuple
 
 import numpy as np
 
 from errors import DataError
+from layers import discover_modules
 
 # input_shape: one example as the network receives it, e.g. (784,); image_shape: (H, W) to draw
 # and augment it in; class_names: one string per class, indexed by label.
@@ -83,15 +83,9 @@ def register_dataset(cls):
 
 def discover():
     """Imports every module of this package not imported yet, so that its datasets register.
-    A module that fails is recorded in BROKEN (file name -> reason) instead of raising."""
-    for module in pkgutil.iter_modules(__path__):
-        if module.name in BROKEN:
-            continue
-        try:
-            importlib.import_module(f"{__name__}.{module.name}")
-        except Exception as err:        # a user's file can fail in any way; the others still work
-            where = f" line {err.lineno}" if isinstance(err, SyntaxError) else ""
-            BROKEN[module.name] = f"datasets/{module.name}.py{where}: {type(err).__name__}: {err}"
+    A module that fails is recorded in BROKEN (file name -> reason) instead of raising, and the
+    datasets it registered before failing are taken out again (layers.discover_modules)."""
+    discover_modules(sys.modules[__name__], BROKEN, [DATASETS])
 
 
 def make_dataset(config):

@@ -13,27 +13,37 @@ asked for.
 """
 import importlib
 import pkgutil
+import sys
 
 import nn_module
 
 BROKEN = {}     # module file name -> why it could not be imported
 
 
-def discover():
-    """Imports every module of this package not imported yet, so that its layers register.
-    A module that fails is recorded in BROKEN (file name -> reason) instead of raising, and the
-    classes it registered before failing are taken out again: they belong to a half-run file."""
-    for module in pkgutil.iter_modules(__path__):
-        if module.name in BROKEN:
+def discover_modules(package, broken, registries):
+    """Imports every module of `package` (a package module, found on its __path__) not imported yet,
+    so that its classes register. A module that fails is recorded in `broken` (file name -> reason)
+    instead of raising, and the entries it added to any of the `registries` (dicts) before failing
+    are taken out again: they belong to a half-run file. datasets/ discovers its files with it too."""
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name in broken:
             continue
-        registered = dict(nn_module.LAYERS)
+        snapshots = [dict(registry) for registry in registries]
         try:
-            importlib.import_module(f"{__name__}.{module.name}")
+            importlib.import_module(f"{package.__name__}.{module.name}")
         except Exception as err:        # a user's file can fail in any way; the others still work
-            nn_module.LAYERS.clear()
-            nn_module.LAYERS.update(registered)
+            for registry, snapshot in zip(registries, snapshots):
+                registry.clear()
+                registry.update(snapshot)
             where = f" line {err.lineno}" if isinstance(err, SyntaxError) else ""
-            BROKEN[module.name] = f"layers/{module.name}.py{where}: {type(err).__name__}: {err}"
+            broken[module.name] = f"{package.__name__}/{module.name}.py{where}: {type(err).__name__}: {err}"
+
+
+def discover():
+    """Imports every module of this package not imported yet, so that its layers register
+    (a failing one goes to BROKEN, and the layers and losses it registered are taken out:
+    `discover_modules`)."""
+    discover_modules(sys.modules[__name__], BROKEN, [nn_module.LAYERS, nn_module.LOSSES])
 
 
 def broken_files():

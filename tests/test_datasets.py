@@ -264,6 +264,14 @@ def test_a_broken_dataset_file_is_named_only_when_it_matters(user_folder, tmp_pa
     assert "datasets/mine.py line 1: SyntaxError" in message
 
 
+def test_a_dataset_file_that_registers_and_then_fails_leaves_no_dataset_behind(user_folder):
+    (user_folder / "half_done.py").write_text("from datasets import Dataset, register_dataset\n\n\n"
+                                              "@register_dataset\nclass HalfDone(Dataset):\n    name = 'half_done'\n"
+                                              "\n\nraise ImportError('a missing package')\n")
+    discover()
+    assert "half_done" not in DATASETS and BROKEN["half_done"].startswith("datasets/half_done.py: ImportError")
+
+
 # --- CSV files: header or not, and positions as an editor shows them --------------------------------
 
 def test_csv_without_a_header_keeps_its_first_example(tmp_path, capsys):

@@ -65,6 +65,22 @@ def user_folder(tmp_path, monkeypatch):
         del sys.modules[name]
 
 
+def user_layer(folder, filename, name, body):
+    """Writes folder/filename, a layer file registering `class name(NNModule)` with the given body
+    (indented methods, or anything after the class), and discovers it."""
+    (folder / filename).write_text("import numpy as np\nfrom nn_module import NNModule, register\n\n\n"
+                                   f"@register\nclass {name}(NNModule):\n" + body)
+    discover()
+
+
+def failed_gradcheck(capsys, config, label):
+    """The stdout of `main.py config --task gradcheck`, checked to exit 2 with the one failed layer `label`."""
+    assert main([config, "--task", "gradcheck"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f"error: gradcheck: 1 of 4 FAILED: {label}\n"
+    return captured.out
+
+
 def readme_layer():
     """(file name, code) of the example layer in the README."""
     return re.search(r"```python\n# layers/(\w+)\.py\n(.*?)```", README, re.S).groups()
@@ -114,74 +130,52 @@ def test_a_wrong_backward_fails_gradcheck_naming_the_layer(user_folder, tmp_path
 
 
 def test_a_layer_without_backward_is_one_failed_line(user_folder, tmp_path, capsys):
-    (user_folder / "half.py").write_text("import numpy as np\nfrom nn_module import NNModule, register\n\n\n"
-                                         "@register\nclass Half(NNModule):\n"
-                                         "    def forward(self, x):\n        return x / 2\n")
-    discover()
+    user_layer(user_folder, "half.py", "Half", "    def forward(self, x):\n        return x / 2\n")
     config = write_config(tmp_path, network=[{"class": "Half"}, *readme_network()[:1], readme_network()[2]])
-    assert main([config, "--task", "gradcheck"]) == 2
-    captured = capsys.readouterr()
+    out = failed_gradcheck(capsys, config, "network[0] (Half)")
     assert re.search(r"network\[0\] \(Half\) +nan  FAILED \(NotImplementedError: Half must implement backward\(\)\)",
-                     captured.out)
-    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[0] (Half)\n"
+                     out)
 
 
 def test_a_layer_whose_forward_fails_is_failed_and_the_rest_not_reached(user_folder, tmp_path, capsys):
-    (user_folder / "broken.py").write_text("from nn_module import NNModule, register\n\n\n"
-                                           "@register\nclass Broken(NNModule):\n"
-                                           "    def forward(self, x):\n        raise RuntimeError('a bug')\n")
-    discover()
+    user_layer(user_folder, "broken.py", "Broken", "    def forward(self, x):\n        raise RuntimeError('a bug')\n")
     config = write_config(tmp_path, network=[readme_network()[0], {"class": "Broken"}, readme_network()[2]])
-    assert main([config, "--task", "gradcheck"]) == 2
-    captured = capsys.readouterr()
-    assert re.search(r"network\[0\] \(Linear\) +\S+  ok", captured.out), captured.out
-    assert re.search(r"network\[1\] \(Broken\) +nan  FAILED \(RuntimeError: a bug\)", captured.out), captured.out
-    assert re.search(r"network\[2\] \(Linear\) +not reached", captured.out), captured.out
-    assert re.search(r"loss \(\w+\) +not reached", captured.out), captured.out
-    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[1] (Broken)\n"
+    out = failed_gradcheck(capsys, config, "network[1] (Broken)")
+    assert re.search(r"network\[0\] \(Linear\) +\S+  ok", out), out
+    assert re.search(r"network\[1\] \(Broken\) +nan  FAILED \(RuntimeError: a bug\)", out), out
+    assert re.search(r"network\[2\] \(Linear\) +not reached", out), out
+    assert re.search(r"loss \(\w+\) +not reached", out), out
 
 
 def test_a_layer_that_modifies_grad_y_fails_with_the_reason(user_folder, tmp_path, capsys):
-    (user_folder / "halve.py").write_text("from nn_module import NNModule, register\n\n\n"
-                                          "@register\nclass Halve(NNModule):\n"
-                                          "    def forward(self, x):\n        return x / 2\n"
-                                          "    def backward(self, grad_y):\n        grad_y /= 2\n"
-                                          "        return grad_y\n")
-    discover()
+    user_layer(user_folder, "halve.py", "Halve", "    def forward(self, x):\n        return x / 2\n"
+                                                 "    def backward(self, grad_y):\n        grad_y /= 2\n"
+                                                 "        return grad_y\n")
     config = write_config(tmp_path, network=[{"class": "Halve"}, *readme_network()[:1], readme_network()[2]])
-    assert main([config, "--task", "gradcheck"]) == 2
-    captured = capsys.readouterr()
-    assert re.search(r"network\[0\] \(Halve\) +\S+  FAILED \(backward modifies grad_y", captured.out), captured.out
-    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[0] (Halve)\n"
+    out = failed_gradcheck(capsys, config, "network[0] (Halve)")
+    assert re.search(r"network\[0\] \(Halve\) +\S+  FAILED \(backward modifies grad_y", out), out
 
 
 def test_a_layer_that_rebinds_its_grads_fails_with_the_reason(user_folder, tmp_path, capsys):
     """Its gradients are right, but a packed model would never see them (model.py, Model.pack)."""
-    (user_folder / "scale.py").write_text(
-        "import numpy as np\nfrom nn_module import NNModule, register\n\n\n"
-        "@register\nclass Scale(NNModule):\n"
+    user_layer(
+        user_folder, "scale.py", "Scale",
         "    def __init__(self, dtype=np.float32):\n"
         "        super().__init__(dtype)\n        self.add_param('alpha', np.ones(1))\n        self.x = None\n"
         "    def forward(self, x):\n        self.x = x\n        return x * self.params['alpha']\n"
         "    def backward(self, grad_y):\n"
         "        self.grads['alpha'] = np.sum(grad_y * self.x).reshape(1)\n"
         "        return grad_y * self.params['alpha']\n")
-    discover()
     config = write_config(tmp_path, network=[readme_network()[0], {"class": "Scale"}, readme_network()[2]])
-    assert main([config, "--task", "gradcheck"]) == 2
-    captured = capsys.readouterr()
+    out = failed_gradcheck(capsys, config, "network[1] (Scale)")
     row = re.search(r"network\[1\] \(Scale\) +(\S+)  FAILED \(backward rebinds grads\['alpha'\]; write into the "
-                    r"array in place, as in self.grads\['alpha'\]\[...\] = ...\)\n", captured.out)
+                    r"array in place, as in self.grads\['alpha'\]\[...\] = ...\)\n", out)
     assert row and float(row.group(1)) < 1e-6                       # the numbers alone would pass
-    assert re.search(r"network\[0\] \(Linear\) +\S+  ok\n", captured.out)
-    assert captured.err == "error: gradcheck: 1 of 4 FAILED: network[1] (Scale)\n"
+    assert re.search(r"network\[0\] \(Linear\) +\S+  ok\n", out)
 
 
 def test_a_file_that_registers_a_class_and_then_fails_leaves_no_class_behind(user_folder, tmp_path, capsys):
-    (user_folder / "half_done.py").write_text("from nn_module import NNModule, register\n\n\n"
-                                              "@register\nclass HalfDone(NNModule):\n    pass\n\n\n"
-                                              "raise ImportError('a missing package')\n")
-    discover()
+    user_layer(user_folder, "half_done.py", "HalfDone", "    pass\n\n\nraise ImportError('a missing package')\n")
     assert "HalfDone" not in LAYERS and BROKEN["half_done"].startswith("layers/half_done.py: ImportError")
     message = run_error(capsys, [write_config(tmp_path, network=[{"class": "HalfDone"}]), "--task", "summary"])
     assert message.startswith("error: network[0].class: unknown 'HalfDone'") and "a missing package" in message
