@@ -74,6 +74,11 @@ TUNE_DEFAULTS = {
     "heartbeat": 30,            # seconds between a running trial's heartbeats; silent for 2x that: failed, retried
 }
 
+# keys that say how a command runs here, not what a model trains: what it prints and draws, the
+# images it predicts, its device and threads. A tune study's other machines and a resumed run may
+# set them their own way (tune.PLACE_KEYS, Engine.load_checkpoint add their own)
+LOCAL_KEYS = ("log_level", "log_file", "plot", "show", "input", "save_prepared", "device", "threads")
+
 # What other tools (Keras, PyTorch, scikit-learn) call a key or argument of this project, in lower
 # case. Spelling alone would lead elsewhere: difflib suggests 'decay_rate' for 'learning_rate'.
 ALIASES = {
@@ -439,9 +444,17 @@ def _leaves(config, names):
 
 def load_config(path, overrides=(), task=None):
     """Reads, overrides (`--set` strings, then `--task`), fills and validates a config file."""
+    return from_raw(read_raw(path, overrides), path, task)
+
+
+def read_raw(path, overrides=()):
+    """The config file's JSON object with the `--set` strings applied: not yet filled or validated."""
     raw = read_json(path)
     for assignment in overrides:
         apply_override(raw, assignment)
-    if task is not None:
-        raw["task"] = task
-    return validate(raw, path)
+    return raw
+
+
+def from_raw(raw, path, task=None):
+    """The filled and validated config of `raw` (read_raw's) with `--task` set; `raw` stays as it is."""
+    return validate(raw if task is None else {**raw, "task": task}, path)

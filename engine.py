@@ -25,7 +25,7 @@ import numpy as np
 
 import tasks
 from backend import get_backend, map_arrays, to_numpy
-from config import changes
+from config import LOCAL_KEYS, changes
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError, ModelFileError
@@ -350,8 +350,7 @@ class Engine:
         payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
         if not {"optimizer", "rng", "progress"} <= payload.keys():
             raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
-        ignored = ("task", "log_level", "log_file", "num_epochs", "plot", "show", "input", "save_prepared",
-                   "device", "threads")                 # a checkpoint holds numpy arrays: any device resumes it
+        ignored = LOCAL_KEYS + ("task", "num_epochs")    # a checkpoint holds numpy arrays: any device resumes it
         changed = changes(payload["config"], self.config, ignore=ignored)
         if changed:
             raise ConfigError(f"--resume: {path} was made with another config (then -> now: {'; '.join(changed)}); "

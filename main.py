@@ -25,7 +25,7 @@ if not any(variable in os.environ for variable in BLAS_THREADS):
     os.environ.update(dict.fromkeys(BLAS_THREADS, "1"))
 
 from backend import DEVICES  # noqa: E402  (after the BLAS threads are set)
-from config import TASKS, load_config  # noqa: E402
+from config import TASKS, from_raw, read_raw  # noqa: E402
 from engine import Engine, Interrupted  # noqa: E402
 from errors import ConfigError  # noqa: E402
 from log import Logger  # noqa: E402
@@ -104,7 +104,8 @@ def main(argv=None):
             ("save_prepared", "true" if args.save_prepared else None),
             ("show", "true" if args.show else None), ("device", args.device), ("tune.trials", args.trials),
             ("tune.workers", args.workers)) if value is not None]
-        config = load_config(args.config, overrides, args.task)
+        raw = read_raw(args.config, overrides)      # read once: the tune task plans its trials from it too
+        config = from_raw(raw, args.config, args.task)
         config["log_level"] = min(3, max(0, config["log_level"] + args.verbose - args.quiet))
         try:
             log = Logger(config["log_level"], config["log_file"])
@@ -114,7 +115,7 @@ def main(argv=None):
             if args.resume:
                 raise ConfigError("--resume: the tune task continues its study by itself; run the same command again")
             import tune                           # imports Optuna, which only this task needs
-            status = tune.run(args.config, overrides, config, log)
+            status = tune.run(args.config, raw, config, log)
         else:
             Engine(config, log).run(args.resume)
             status = 0

@@ -46,7 +46,7 @@ import warnings
 
 import numpy as np
 
-from config import apply_override, changes, read_json, validate
+from config import LOCAL_KEYS, apply_override, changes, validate
 from engine import Engine, Interrupted, checkpoint_path, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
@@ -77,12 +77,12 @@ class TrialFailed(Exception):
 
 # ---- the plan: everything checked before any trial ------------------------------------------
 
-def run(config_path, overrides, config, log):
+def run(config_path, raw, config, log):
     """The tune task: checks the search space and the database, runs the trials with
     `tune.workers` processes, then prints the best trials and writes best.json and the plots
     (when it is interrupted too, from the trials finished so far). Returns the exit status:
     1 if a worker process failed (its traceback is above), else 0."""
-    plan = make_plan(config_path, overrides, config)
+    plan = make_plan(config_path, raw, config)
     study, created = open_study(plan)
     add_slots(study, plan, created)
     grid = " (grid: every combination once, whatever tune.trials says)" if plan["sampler"] == "grid" else ""
@@ -103,8 +103,9 @@ def run(config_path, overrides, config, log):
     return 1 if failed else 0
 
 
-def make_plan(config_path, overrides, config):
-    """Everything a worker needs, as plain data (it travels to worker processes), checked."""
+def make_plan(config_path, raw, config):
+    """Everything a worker needs, as plain data (it travels to worker processes), checked. `raw`
+    is the config file with the `--set` strings applied (config.read_raw), `config` its validation."""
     c, t = config, config["tune"]
     if not t or not t["space"]:
         raise ConfigError('tune.space: the tune task needs a search space, e.g. "tune": {"space": '
@@ -116,9 +117,7 @@ def make_plan(config_path, overrides, config):
         if reserved:
             raise ConfigError(f"tune.space.{key}: {reserved.pop()} is set by the tune task for each trial, "
                               "not searched")
-    raw = read_json(config_path)
-    for assignment in overrides:
-        apply_override(raw, assignment)
+    raw = copy.deepcopy(raw)                    # the plan's own: `config` shares objects with it
     raw.pop("tune", None)
     raw.pop("task", None)
     for key, entry in space.items():
@@ -275,8 +274,7 @@ def open_study(plan):
 
 # keys that change where a trial's files go or what it prints, not what it trains: another
 # machine may set them its own way
-PLACE_KEYS = ("model_file", "plot_dir", "plot", "show", "input", "save_prepared", "log_file", "log_level",
-              "data_dir", "device", "threads")
+PLACE_KEYS = LOCAL_KEYS + ("model_file", "plot_dir", "data_dir")
 
 
 def check_unchanged(study, plan):
