@@ -120,39 +120,35 @@ def run(config, input_shape, log):
     """Checks every layer and the loss, one line each; GradcheckFailed names those that fail."""
     rng = np.random.default_rng(config["seed"])
     model = build_model(config["network"], np.float64, rng, config["network_names"])
+    shapes, failure = [tuple(input_shape)], None       # shapes[i]: what reaches layer i
     try:
-        shapes = [tuple(input_shape)] + model.output_shapes(input_shape)
+        for shape in model.iter_output_shapes(input_shape):
+            shapes.append(shape)
     except ConfigError:                                # a layer that does not fit: the config's fault
         raise
-    except Exception:                                  # a layer being written: found and reported below
-        shapes = None
-    if shapes and len(shapes[-1]) != 1:
+    except Exception as err:                           # a layer being written can fail in any way
+        failure = f" ({type(err).__name__}: {err})"
+    ran = len(shapes) - 1                              # layers whose forward ran; the next raised `failure`
+    if failure is None and len(shapes[-1]) != 1:
         raise ConfigError(f"network: the last layer gives {shapes[-1]} per example; the loss needs (classes,)")
     log.result(f"gradcheck: float64, a batch of {BATCH}, central differences (eps {EPS:g}) on up to {SAMPLES} "
                f"entries of the input and of each parameter; ok below {TOLERANCE:g}")
-    results, probe = [], np.zeros((1, *input_shape))  # probe: one zero sample, carried from layer to layer
-    for layer, name in zip(model.layers, model.names):
+    results = []
+    for i, (layer, name) in enumerate(zip(model.layers, model.names)):
         modes = ("train", "eval") if layer.state else ("train",)
         labels = [f"{name} ({type(layer).__name__}{', ' + mode + ' mode' if len(modes) > 1 else ''})"
                   for mode in modes]
-        if probe is None:
-            results.extend((label, np.nan, None) for label in labels)
-            continue
-        try:                                       # the layer's input shape, then its output for the next
-            shape = probe.shape[1:]
-            probe = layer.eval().forward(probe)
-        except Exception as err:                   # a layer being written can fail in any way
-            results.extend((label, np.nan, f" ({type(err).__name__}: {err})") for label in labels)
-            probe = None
+        if i >= ran:                                   # its forward raised, or an earlier layer's did
+            results.extend((label, np.nan, failure if i == ran else None) for label in labels)
             continue
         for mode, label in zip(modes, labels):
             layer.train(mode == "train")
             try:
-                results.append((label, *check_layer(layer, away_from_kinks((BATCH, *shape), rng), rng)))
+                results.append((label, *check_layer(layer, away_from_kinks((BATCH, *shapes[i]), rng), rng)))
             except Exception as err:
                 results.append((label, np.nan, f" ({type(err).__name__}: {err})"))
     label = f"loss ({config['loss']})"
-    if probe is None:
+    if failure is not None:
         results.append((label, np.nan, None))
     else:
         loss = LOSSES[config["loss"]](np.float64)

@@ -133,15 +133,16 @@ class Model(NNModule):
         lines = [f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers)]
         return "Model(\n" + "\n".join(lines) + "\n)"
 
-    def output_shapes(self, input_shape):
-        """The per-example output shape of every layer, from one zero sample in eval mode.
+    def iter_output_shapes(self, input_shape):
+        """Yields the per-example output shape of each layer in turn, from one zero sample run
+        through the layers in eval mode (the mode they were in is restored when it finishes).
 
-        Raises ConfigError naming the first layer that does not accept what arrives.
+        Raises ConfigError naming the first layer that does not accept what arrives (its forward
+        raised ValueError); any other error of a layer's forward is raised as it is.
         """
         first = next(iter(self.params.values()), None)      # the probe is made where the parameters are
         x = np.zeros((1, *input_shape), self.dtype) if first is None else np.zeros_like(
             first, dtype=self.dtype, shape=(1, *input_shape))
-        shapes = []
         with evaluating(self):
             for i, (layer, name) in enumerate(zip(self.layers, self.names)):
                 try:
@@ -150,8 +151,11 @@ class Model(NNModule):
                     arriving = f"layer {i - 1} ({self.names[i - 1]}) gives" if i else "the data gives"
                     raise ConfigError(f"{name} ({type(layer).__name__}) does not fit: {err}; "
                                       f"{arriving} {tuple(x.shape[1:])} per example") from None
-                shapes.append(tuple(x.shape[1:]))
-        return shapes
+                yield tuple(x.shape[1:])
+
+    def output_shapes(self, input_shape):
+        """The per-example output shape of every layer, as a list (see iter_output_shapes)."""
+        return list(self.iter_output_shapes(input_shape))
 
     def summary(self, input_shape):
         """A table of the layers (name, hyperparameters, output shape, parameters, multiply-adds per

@@ -7,8 +7,8 @@ under datasets/ (see README.md, "Your own dataset"). A file that fails to import
 runs that use other datasets: its error is kept in BROKEN and shown when its dataset is asked for.
 
 The engine calls `make_dataset(config)`, then `info()` before any data is read (the network is
-checked against it) and `load_dataset(dataset, log)` to get the arrays, checked here (the test
-task only the test arrays, through `load_test`).
+checked against it) and `load_dataset(dataset, log)` to get the arrays, checked here (training
+only the training arrays and the test task only the test arrays, through `load_split`).
 """
 import sys
 from collections import namedtuple
@@ -53,14 +53,11 @@ class Dataset:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement load()")
 
-    def load_test(self, log=None):
-        """Only "x_test" and "y_test", for the test task; by default all that `load` returns. A
-        dataset whose test set is in files of its own overrides it to read only those."""
-        return self.load(log)
-
-    def load_train(self, log=None):
-        """Only "x_train" and "y_train", for training (which never looks at the test set); by
-        default all that `load` returns, likewise overridden to read only the training files."""
+    def load_split(self, split, log=None):
+        """Only "x_<split>" and "y_<split>": split "train" for training (which never looks at the
+        test set), "test" for the test task. By default all that `load` returns (load_dataset
+        keeps the split's arrays); a dataset whose splits are in files of their own overrides it
+        to read only that split's files."""
         return self.load(log)
 
     def classes_note(self):
@@ -95,10 +92,9 @@ def make_dataset(config):
 
 def load_dataset(dataset, log=None, split=None):
     """dataset.load(log), or with `split` "train" or "test" only that split's arrays
-    (dataset.load_train or load_test), checked against dataset.info(): shapes, types, value
-    and label ranges."""
-    load = {None: dataset.load, "train": dataset.load_train, "test": dataset.load_test}[split]
-    data, info = load(log), dataset.info()
+    (dataset.load_split), checked against dataset.info(): shapes, types, value and label ranges."""
+    data = dataset.load(log) if split is None else dataset.load_split(split, log)
+    info = dataset.info()
     data = {key: value for key, value in data.items() if split is None or key.endswith(split) or key == "class_names"}
     size = int(np.prod(info.input_shape))
     for part in (split,) if split else ("train", "test"):

@@ -402,11 +402,8 @@ class MNIST(Dataset):
     def load(self, log=None):
         return load_mnist(self.data_dir, log=log)
 
-    def load_test(self, log=None):
-        return load_mnist(self.data_dir, log=log, splits=("test",))
-
-    def load_train(self, log=None):
-        return load_mnist(self.data_dir, log=log, splits=("train",))
+    def load_split(self, split, log=None):
+        return load_mnist(self.data_dir, log=log, splits=(split,))
 
 
 @register_dataset
@@ -420,11 +417,8 @@ class FashionMNIST(Dataset):
     def load(self, log=None):
         return self._load(log, ("train", "test"))
 
-    def load_test(self, log=None):
-        return self._load(log, ("test",))
-
-    def load_train(self, log=None):
-        return self._load(log, ("train",))
+    def load_split(self, split, log=None):
+        return self._load(log, (split,))
 
     def _load(self, log, splits):
         # FASHION_SYSTEM_DIR is read here, not bound as a default, so tests can point it at a fake package

@@ -10,7 +10,7 @@ import pytest
 
 import datasets
 from conftest import ROOT
-from datasets import BROKEN, DATASETS, discover, load_dataset, make_dataset, mnist
+from datasets import BROKEN, DATASETS, Dataset, Info, discover, load_dataset, make_dataset, mnist
 from datasets.mnist import FASHION_CLASS_NAMES, FASHION_SYSTEM_DIR, FILES, load_fashion_mnist
 from main import main
 from test_cli import run_error, write_config
@@ -88,6 +88,46 @@ def test_npz_trains_and_tests_through_main(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Number of errors: " in out and "/12" in out
     assert all(f"{name}: " in out for name in NAMES)
+
+
+# --- one split at a time: load_split -------------------------------------------------------------
+
+class TwoSplits(Dataset):
+    """Two examples in each split, from `load`; `calls` records each load and load_split."""
+    name = "two_splits"                                     # not registered: used directly
+
+    def __init__(self, data_dir="unused"):
+        super().__init__(data_dir)
+        self.calls = []
+
+    def info(self):
+        return Info((4,), 2, (2, 2), ["a", "b"])
+
+    def load(self, log=None):
+        self.calls.append("load")
+        return {**self.split_arrays("train"), **self.split_arrays("test"), "class_names": ["a", "b"]}
+
+    @staticmethod
+    def split_arrays(split):
+        return {f"x_{split}": np.zeros((2, 4), np.float32), f"y_{split}": np.array([0, 1])}
+
+
+class FilePerSplit(TwoSplits):
+    """A dataset whose splits are in files of their own: it reads only the split asked for."""
+    def load_split(self, split, log=None):
+        self.calls.append(split)
+        return self.split_arrays(split)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_split_is_load_split_s_or_by_default_kept_from_load(split):
+    dataset = TwoSplits()
+    assert set(load_dataset(dataset, split=split)) == {f"x_{split}", f"y_{split}", "class_names"}
+    assert dataset.calls == ["load"]
+    dataset = FilePerSplit()
+    assert set(load_dataset(dataset, split=split)) == {f"x_{split}", f"y_{split}"}
+    assert set(load_dataset(dataset)) == {"x_train", "y_train", "x_test", "y_test", "class_names"}
+    assert dataset.calls == [split, "load"]
 
 
 # --- bad files and arguments: exit status 2 and one line -----------------------------------------
@@ -212,6 +252,19 @@ def test_fashion_mnist_falls_back_to_data_dir_for_a_bad_system_file(tmp_path, mo
     assert sorted(os.listdir(tmp_path / "data")) == ["train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz.sha256"]
     assert victim.read_bytes() == b"corrupt"
     assert data["y_train"].tolist() == [0, 1, 2, 3, 4] and data["class_names"] == FASHION_CLASS_NAMES
+
+
+@pytest.mark.parametrize("split,prefix", [("train", "train"), ("test", "t10k")])
+def test_fashion_mnist_reads_only_the_files_of_the_split_asked_for(tmp_path, monkeypatch, split, prefix):
+    monkeypatch.setattr(mnist, "FASHION_SHA256", write_fake_mirror(tmp_path / "mirror"))
+    monkeypatch.setattr(mnist, "FASHION_SYSTEM_DIR", str(tmp_path / "no_package_here"))
+    monkeypatch.setattr(mnist, "FASHION_MIRRORS", [])
+    monkeypatch.setenv("NNFS_FASHION_MIRROR", str(tmp_path / "mirror"))
+    dataset = make_dataset({"dataset": "fashion_mnist", "data_dir": str(tmp_path / "data"), "dataset_args": {}})
+    data = load_dataset(dataset, split=split)
+    assert set(data) == {f"x_{split}", f"y_{split}", "class_names"} and data["class_names"] == FASHION_CLASS_NAMES
+    assert sorted(path.name for path in (tmp_path / "data" / "fashion-mnist").glob("*.gz")) == \
+        sorted(f"{name}.gz" for name in FILES.values() if name.startswith(prefix))
 
 
 def test_fashion_mnist_has_its_own_mirror_variable(tmp_path, monkeypatch):

@@ -147,6 +147,28 @@ def test_a_layer_whose_forward_fails_is_failed_and_the_rest_not_reached(user_fol
     assert re.search(r"loss \(\w+\) +not reached", out), out
 
 
+def test_one_zero_sample_finds_every_layer_s_input_shape(user_folder, tmp_path, capsys):
+    """Each layer runs the one-example probe once; its checks use batches of 4."""
+    user_layer(user_folder, "count.py", "Count", "    probes = 0\n\n    def forward(self, x):\n"
+                                                 "        type(self).probes += len(x) == 1\n        return x\n"
+                                                 "    def backward(self, grad_y):\n        return grad_y\n")
+    config = write_config(tmp_path, network=[readme_network()[0], {"class": "Count"}, readme_network()[2]])
+    status, rows = gradcheck_lines(capsys, config)
+    assert status == 0 and rows["network[1] (Count)"][1] == "ok"
+    assert LAYERS["Count"].probes == 1
+
+
+def test_a_layer_that_does_not_fit_is_one_error_line_and_no_table(user_folder, tmp_path, capsys):
+    user_layer(user_folder, "picky.py", "Picky", "    def forward(self, x):\n"
+                                                 "        raise ValueError('expected 3 features')\n")
+    config = write_config(tmp_path, network=[readme_network()[0], {"class": "Picky"}, readme_network()[2]])
+    assert main([config, "--task", "gradcheck"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("error: network[1] (Picky) does not fit: expected 3 features; "
+                            "layer 0 (network[0]) gives (128,) per example\n")
+
+
 def test_a_layer_that_modifies_grad_y_fails_with_the_reason(user_folder, tmp_path, capsys):
     user_layer(user_folder, "halve.py", "Halve", "    def forward(self, x):\n        return x / 2\n"
                                                  "    def backward(self, grad_y):\n        grad_y /= 2\n"

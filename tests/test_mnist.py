@@ -17,7 +17,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from datasets import mnist
+from datasets import load_dataset, mnist
 from datasets.mnist import FILES, MIRRORS, load_mnist, mirror_list, read_idx
 from errors import DataError
 
@@ -150,6 +150,17 @@ def test_load_mnist_rejects_labels_outside_0_to_9(tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "SHA256", write_fake_mirror(tmp_path / "mirror", labels_value=10))
     with pytest.raises(DataError, match=r"labels-idx1-ubyte.gz: labels must be classes 0..9, found 10"):
         load_mnist(tmp_path / "data", mirrors=[str(tmp_path / "mirror")])
+
+
+@pytest.mark.parametrize("split,prefix,n", [("train", "train", 5), ("test", "t10k", 3)])
+def test_the_mnist_dataset_reads_only_the_files_of_the_split_asked_for(tmp_path, monkeypatch, split, prefix, n):
+    monkeypatch.setattr(mnist, "SHA256", write_fake_mirror(tmp_path / "mirror"))
+    monkeypatch.setattr(mnist, "MIRRORS", [])                       # the fake mirror or nothing
+    monkeypatch.setenv("NNFS_MIRROR", str(tmp_path / "mirror"))
+    data = load_dataset(mnist.MNIST(data_dir=str(tmp_path / "data")), split=split)
+    assert set(data) == {f"x_{split}", f"y_{split}", "class_names"} and data[f"x_{split}"].shape == (n, 784)
+    assert sorted(path.name for path in (tmp_path / "data").glob("*.gz")) == \
+        sorted(f"{name}.gz" for name in FILES.values() if name.startswith(prefix))
 
 
 # --- download, verification and cache with the real files -------------------------------------
