@@ -483,7 +483,7 @@ class MaxPool2D(_Pool2D):
         taken = np.zeros_like(y, dtype=bool)                      # a tie keeps the earlier tap
         for t, tap in enumerate(window):
             is_max = tap == y
-            np.logical_and(is_max, ~taken, out=self.winner[t])
+            np.greater(is_max, taken, out=self.winner[t])        # is_max and not taken, in one pass
             taken |= is_max
         self.x_shape = x.shape
         return y
@@ -702,7 +702,7 @@ class BatchNorm(NNModule):
 
     def normalize(self, centred, var):
         """y from x - mean (`centred`, which becomes x_hat in place) and the variance."""
-        self.inv_std = 1 / np.sqrt(var + self.eps)                 # (C,)
+        self.inv_std = (var + self.eps) ** -0.5                    # 1 / sqrt(var + eps), (C,)
         centred *= self.inv_std.reshape(self.channel_shape)
         self.x_hat = centred
         y = self.x_hat * self.params["gamma"].reshape(self.channel_shape)
@@ -722,9 +722,11 @@ class BatchNorm(NNModule):
 
     def backward_total(self, sums):
         """Step 2, once a batch: dL/dbeta and dL/dgamma (the sums over the batch) into grads."""
-        self.grads["beta"][...] = sum(grad_beta for _, grad_beta, _ in sums)
-        self.grads["gamma"][...] = sum(grad_gamma for _, _, grad_gamma in sums)
-        return sum(n for n, _, _ in sums), self.grads["beta"], self.grads["gamma"]
+        counts, grad_betas, grad_gammas = zip(*sums)
+        # sum(rest, first): with one part (a whole batch) that is the part itself, not 0 + part
+        self.grads["beta"][...] = sum(grad_betas[1:], grad_betas[0])
+        self.grads["gamma"][...] = sum(grad_gammas[1:], grad_gammas[0])
+        return sum(counts), self.grads["beta"], self.grads["gamma"]
 
     def backward_finish(self, grad_y, total):
         """Step 3, in training, on the grad_y of step 1: dL/dx.
@@ -1059,18 +1061,18 @@ class SoftmaxCrossEntropyLoss(Loss):
 
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
-        self.log_probs, self.labels = None, None
+        self.log_probs, self.labels, self.rows = None, None, None
 
     def forward(self, logits, labels):
         shifted = logits - logits.max(axis=1, keepdims=True)     # exp(shifted) <= 1: no overflow
         self.log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         self.labels = labels
-        rows = np.arange(len(labels), like=logits)
-        return float(-self.log_probs[rows, labels].mean())
+        self.rows = np.arange(len(labels), like=logits)
+        return -float(self.log_probs[self.rows, labels].mean())
 
     def backward(self):                                          # dL/dlogits = (softmax - onehot) / N
         grad = np.exp(self.log_probs)
-        grad[np.arange(len(self.labels), like=grad), self.labels] -= 1
+        grad[self.rows, self.labels] -= 1
         return grad / len(self.labels)
 
 

@@ -225,11 +225,15 @@ class AdamW(Adam):
 
 def clip_grad_norm(grads, max_norm):
     """Scales every gradient in place so that their joint L2 norm is at most `max_norm`;
-    returns the norm before clipping."""
-    norm = math.sqrt(float(sum(np.vdot(g, g) for g in grads.values())))    # one copy to the host
-    if norm > max_norm:
-        for g in grads.values():
-            g *= max_norm / norm
+    returns the norm before clipping, a 0-d array beside the gradients.
+
+    The scale, max_norm / max(norm, max_norm), is exactly 1 where the norm is within bounds, so
+    every gradient is multiplied by it and nothing has to come back to the host to decide
+    whether to clip (on a GPU, reading the norm would wait for it)."""
+    norm = np.sqrt(sum(np.vdot(g, g) for g in grads.values()))
+    scale = max_norm / np.maximum(norm, max_norm)
+    for g in grads.values():
+        g *= scale
     return norm
 
 

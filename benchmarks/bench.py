@@ -32,6 +32,11 @@ items (peak, inference, load, memory).
              with that file also the wall time of `main.py configs/network1.json --task test`.
   load       `load_mnist` from the cache in data/, already verified.
   memory     peak resident memory of `main.py configs/network1.json` training for one epoch.
+  launches   every shipped config's training step (forward, loss, backward, optimizer; batch 100)
+             on the tests' stand-in for a GPU (tests/strict_device.py), through the engine's GPU
+             path: the numpy operations that compute on device arrays (each launches at least one
+             GPU kernel in CuPy; views launch none) and the values copied back to the host (each
+             waits for the GPU). A count, not a timing: it needs no GPU and runs with either --device.
   threads    every shipped config trained by main.py for a tenth of an epoch: with no thread
              setting (the project's default: `threads` is every core), with `threads` 1, each
              alone and beside one process that keeps a core busy; the engine's seconds. Checks
@@ -89,7 +94,7 @@ from model import EVAL_BATCH, build_model  # noqa: E402
 from parallel import available_cores  # noqa: E402
 
 EPOCHS = ("mlp", "conv", "lstm", "network1", "cnn")
-NAMES = ("peak", *EPOCHS, "inference", "load", "memory", "threads")
+NAMES = ("peak", *EPOCHS, "inference", "load", "memory", "launches", "threads")
 SHIPPED = ("network1", "network2", "cnn", "fashion_mlp", "fashion_cnn", "cnn_augment", "lstm", "gru")
 FRESH = "fresh weights"
 REFERENCE = {
@@ -314,6 +319,34 @@ def measure_threads(r, data_dir):
             "one_busy": tenth_epoch(config, data_dir, 1, busy=True)}
 
 
+def launches(data):
+    """{config: {"kernels", "host_copies"}} of one training step of every shipped config, counted
+    on the stand-in for a GPU (see the module docstring)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import backend
+    import engine
+    from strict_device import StrictBackend, tally
+    counts, step = {}, engine.train_step
+
+    def counted_step(*args, **kwargs):
+        tally.clear()
+        result = step(*args, **kwargs)
+        counts[name] = {"kernels": tally["kernels"], "host_copies": tally["host copies"]}   # the last step's
+        return result
+
+    backend.gpu, engine.train_step = StrictBackend, counted_step
+    try:
+        for name in SHIPPED:
+            with tempfile.TemporaryDirectory() as tmp:
+                config = validate({**read_json(f"configs/{name}.json"), "log_level": 0, "device": "gpu",
+                                   "num_epochs": 1, "batch_size": BATCH, "train_size": 2 * BATCH,
+                                   "valid_size": BATCH, "model_file": os.path.join(tmp, "model.pkl")}, name)
+                PreloadedEngine(config, data).train()
+    finally:
+        backend.gpu, engine.train_step = gpu, step
+    return counts
+
+
 def table(header, rows):
     """Rows of strings as aligned text: the first column left, the others right."""
     widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
@@ -332,6 +365,9 @@ def measure(args):
          "python": platform.python_version(), "device": args.device, "epochs": {}}
     data, mnist = load_data(args.data_dir)
     r["data"] = f"MNIST from {args.data_dir}" if mnist else "RANDOM data (no MNIST found): accuracies mean nothing"
+    if "launches" in args.only:
+        note("launches: a training step of every shipped config on the stand-in for a GPU")
+        r["launches"] = launches(data)
     if args.device == "gpu":
         r["gpu"] = gpu().describe()
         measure_epochs(r, [n for n in EPOCHS if n in args.only], data, repeats, fraction, "gpu", 1)
@@ -443,6 +479,10 @@ def report(r):
               ("peak RSS training network1", fmt(r.get("train_peak_rss_mb"), ".0f"), "MB")]
     if any(row[1] != "-" for row in others):
         lines += [table(("other", "value", "unit"), [row for row in others if row[1] != "-"]), ""]
+    if r.get("launches"):
+        rows = [(config, c["kernels"], c["host_copies"]) for config, c in r["launches"].items()]
+        lines += ["a training step on the stand-in for a GPU (batch 100):",
+                  table(("config", "device operations", "copies to the host"), rows), ""]
     if r.get("thread_runs"):
         rows = [(config, fmt(t["default"]), fmt(t["one"]), fmt(t["default_busy"]), fmt(t["one_busy"]))
                 for config, t in r["thread_runs"].items()]

@@ -9,13 +9,23 @@ it) all raise HostDeviceMix, as CuPy raises TypeError. Only `.get()` copies to t
 
 `StrictBackend` is a `backend.Backend` whose device arrays are DeviceArrays; tests install it
 in place of CuPy's with `monkeypatch.setattr(backend, "gpu", StrictBackend)`.
+
+`tally` counts what a GPU would be asked to do: "kernels", the operations that compute (each
+launches at least one GPU kernel in CuPy; views such as reshape, transpose or a slice launch
+none), and "host copies", the values brought back to the host (each waits for the GPU to finish
+its queue). benchmarks/bench.py's `launches` item and the tests read it.
 """
+import collections
 import numbers
 import operator
 
 import numpy as np
 
 import backend
+
+
+tally = collections.Counter()
+VIEWS = {"reshape", "transpose", "view", "squeeze", "swapaxes", "expand_dims", "broadcast_to"}
 
 
 class HostDeviceMix(TypeError):
@@ -56,9 +66,11 @@ class DeviceArray:
 
     # -- what numpy hands over --------------------------------------------------------------
     def __array_function__(self, func, types, args, kwargs):
+        tally["kernels"] += func.__name__ not in VIEWS
         return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        tally["kernels"] += 1
         out = kwargs.get("out")
         result = getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs))
         if out is not None:                           # the outputs were written in place
@@ -70,15 +82,19 @@ class DeviceArray:
 
     # -- explicit transfers, and Python scalars as CuPy allows them -------------------------
     def get(self):
+        tally["host copies"] += 1
         return self.array.copy()
 
     def __float__(self):
+        tally["host copies"] += 1
         return float(self.array)
 
     def __int__(self):
+        tally["host copies"] += 1
         return int(self.array)
 
     def __bool__(self):
+        tally["host copies"] += 1
         return bool(self.array)
 
     def __index__(self):
@@ -106,9 +122,14 @@ class DeviceArray:
         attribute = getattr(self.array, name)
         if not callable(attribute):
             return attribute
-        return lambda *args, **kwargs: _wrap(attribute(*_unwrap(args), **_unwrap(kwargs)))
+
+        def method(*args, **kwargs):
+            tally["kernels"] += name not in VIEWS
+            return _wrap(attribute(*_unwrap(args), **_unwrap(kwargs)))
+        return method
 
     def __getitem__(self, key):
+        tally["kernels"] += any(isinstance(k, DeviceArray) for k in (key if isinstance(key, tuple) else (key,)))
         key = _unwrap(key)
         item = self.array[key]
         if isinstance(item, np.generic):         # one element: CuPy gives a 0-d view, not a copy
@@ -116,23 +137,27 @@ class DeviceArray:
         return DeviceArray(item)
 
     def __setitem__(self, key, value):
+        tally["kernels"] += 1
         self.array[_unwrap(key)] = _unwrap(value)
 
 
 def _operator(name):
     def method(self, *others):
+        tally["kernels"] += 1
         return _wrap(getattr(operator, name)(self.array, *_unwrap(others)))
     return method
 
 
 def _reflected(name):
     def method(self, other):
+        tally["kernels"] += 1
         return _wrap(getattr(operator, name)(_unwrap(other), self.array))
     return method
 
 
 def _in_place(name):
     def method(self, other):
+        tally["kernels"] += 1
         getattr(operator, name)(self.array, _unwrap(other))   # numpy's in-place operators write in place
         return self
     return method

@@ -40,7 +40,7 @@ def test_two_steps(optimizer, expected, device):
 
 def test_clip_grad_norm_on_every_device(device):
     grads = {"a": device.to_device(np.array([3.0])), "b": device.to_device(np.array([4.0]))}
-    assert clip_grad_norm(grads, 1.0) == pytest.approx(5.0)
+    assert float(clip_grad_norm(grads, 1.0)) == pytest.approx(5.0)
     assert to_numpy(grads["a"])[0] == pytest.approx(0.6) and to_numpy(grads["b"])[0] == pytest.approx(0.8)
 
 
@@ -92,10 +92,13 @@ def test_adaptive_hyperparameters_are_checked(cls, arguments, message):
 
 
 def test_clip_grad_norm():
-    grads = {"a": np.array([3.0]), "b": np.array([4.0])}          # joint norm 5
-    assert clip_grad_norm(grads, 10.0) == 5.0 and grads["a"][0] == 3.0
+    grads = {"a": np.array([3.0], np.float32), "b": np.array([4.0], np.float32)}      # joint norm 5
+    assert clip_grad_norm(grads, 10.0) == 5.0
+    assert grads["a"][0] == 3.0 and grads["b"][0] == 4.0             # within bounds: untouched, bit for bit
+    assert clip_grad_norm(grads, 5.0) == 5.0 and grads["b"][0] == 4.0   # on the bound: untouched too
     assert clip_grad_norm(grads, 1.0) == 5.0
-    np.testing.assert_allclose([grads["a"][0], grads["b"][0]], [0.6, 0.8])
+    np.testing.assert_allclose([grads["a"][0], grads["b"][0]], [0.6, 0.8], rtol=1e-6)
+    assert grads["a"].dtype == np.float32
 
 
 @pytest.mark.parametrize("kwargs,expected", [
