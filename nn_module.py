@@ -343,8 +343,10 @@ def pad(x, padding):
 def im2col(x, k, stride, padding):
     """Every k x k window of x (N, C, H, W), zero-padded, as a column: (C*k*k, N*OH*OW), row
     (c, tap) and column (n, a, b). One copy of the k*k taps, with channels first."""
-    cols = np.stack(taps(pad(x, padding).transpose(1, 0, 2, 3), k, stride), axis=1)   # (C, k*k, N, OH, OW)
-    c, _, n, oh, ow = cols.shape
+    windows = taps(pad(x, padding).transpose(1, 0, 2, 3), k, stride)      # k*k views, each (C, N, OH, OW)
+    c, n, oh, ow = windows[0].shape
+    cols = np.empty_like(x, shape=(c, k * k, n, oh, ow))
+    np.stack(windows, axis=1, out=cols)          # into C order, so that the reshape below copies nothing
     return cols.reshape(c * k * k, n * oh * ow)
 
 

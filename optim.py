@@ -225,7 +225,7 @@ class AdamW(Adam):
 
 def clip_grad_norm(grads, max_norm):
     """Scales every gradient in place so that their joint L2 norm is at most `max_norm`;
-    returns the norm before clipping, a 0-d array beside the gradients.
+    returns the norm before clipping, a 0-d array beside the gradients (a numpy scalar on the CPU).
 
     The scale, max_norm / max(norm, max_norm), is exactly 1 where the norm is within bounds, so
     every gradient is multiplied by it and nothing has to come back to the host to decide

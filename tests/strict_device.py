@@ -11,9 +11,11 @@ it) all raise HostDeviceMix, as CuPy raises TypeError. Only `.get()` copies to t
 in place of CuPy's with `monkeypatch.setattr(backend, "gpu", StrictBackend)`.
 
 `tally` counts what a GPU would be asked to do: "kernels", the operations that compute (each
-launches at least one GPU kernel in CuPy; views such as reshape, transpose or a slice launch
-none), and "host copies", the values brought back to the host (each waits for the GPU to finish
-its queue). benchmarks/bench.py's `launches` item and the tests read it.
+launches at least one GPU kernel in CuPy; a view, such as most reshapes, a transpose or a slice,
+and a bare allocation launch none), and "host copies", the values brought back to the host
+(each waits for the GPU to finish its queue; so does an operation whose result's size depends
+on the values, such as a boolean mask's selection). benchmarks/bench.py's `launches` item and
+the tests read it.
 """
 import collections
 import numbers
@@ -25,7 +27,8 @@ import backend
 
 
 tally = collections.Counter()
-VIEWS = {"reshape", "transpose", "view", "squeeze", "swapaxes", "expand_dims", "broadcast_to"}
+ALLOCATIONS = {"empty", "empty_like"}                                # memory handed out, nothing computed
+SIZED_BY_VALUES = {"nonzero", "argwhere", "flatnonzero", "unique"}   # CuPy reads the values on the host first
 
 
 class HostDeviceMix(TypeError):
@@ -43,6 +46,23 @@ def _unwrap(value):
     if isinstance(value, dict):
         return {k: _unwrap(v) for k, v in value.items()}
     return value
+
+
+def _arrays(value):
+    """The numpy arrays in `value` (nested lists and tuples)."""
+    if isinstance(value, np.ndarray):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _arrays(v)
+
+
+def _count(name, result, sources):
+    """Tallies a call `name` that gave `result` from the arrays `sources`: a kernel, unless it
+    only allocated or gave a view of a source; a host copy where CuPy must read values first."""
+    view = any(np.may_share_memory(result, s) for s in _arrays(sources)) if isinstance(result, np.ndarray) else False
+    tally["kernels"] += name not in ALLOCATIONS and not view
+    tally["host copies"] += name in SIZED_BY_VALUES
 
 
 def _wrap(value):
@@ -66,8 +86,10 @@ class DeviceArray:
 
     # -- what numpy hands over --------------------------------------------------------------
     def __array_function__(self, func, types, args, kwargs):
-        tally["kernels"] += func.__name__ not in VIEWS
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
+        args = _unwrap(args)
+        result = func(*args, **_unwrap(kwargs))
+        _count(func.__name__, result, args)
+        return _wrap(result)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         tally["kernels"] += 1
@@ -84,6 +106,18 @@ class DeviceArray:
     def get(self):
         tally["host copies"] += 1
         return self.array.copy()
+
+    def item(self):
+        tally["host copies"] += 1
+        return self.array.item()
+
+    def tolist(self):
+        tally["host copies"] += 1
+        return self.array.tolist()
+
+    def __format__(self, spec):
+        tally["host copies"] += 1
+        return format(self.array, spec)
 
     def __float__(self):
         tally["host copies"] += 1
@@ -124,12 +158,16 @@ class DeviceArray:
             return attribute
 
         def method(*args, **kwargs):
-            tally["kernels"] += name not in VIEWS
-            return _wrap(attribute(*_unwrap(args), **_unwrap(kwargs)))
+            args = _unwrap(args)
+            result = attribute(*args, **_unwrap(kwargs))
+            _count(name, result, (self.array, args))
+            return _wrap(result)
         return method
 
     def __getitem__(self, key):
-        tally["kernels"] += any(isinstance(k, DeviceArray) for k in (key if isinstance(key, tuple) else (key,)))
+        indices = [k for k in (key if isinstance(key, tuple) else (key,)) if isinstance(k, DeviceArray)]
+        tally["kernels"] += bool(indices)                     # a gather; basic indexing gives a view
+        tally["host copies"] += any(k.dtype == bool for k in indices)   # a mask selects as many as are true
         key = _unwrap(key)
         item = self.array[key]
         if isinstance(item, np.generic):         # one element: CuPy gives a 0-d view, not a copy

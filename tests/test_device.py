@@ -99,22 +99,23 @@ def test_resume_on_the_stand_in_gives_the_uninterrupted_weights(tmp_path, mnist_
 
 
 def test_a_batch_copies_only_its_loss_to_the_host(tmp_path, mnist_data_dir, stand_in, monkeypatch):
-    # a GPU's queue of work drains whenever a value comes back to the host; within a batch only
-    # the loss may (the divergence check needs it), with Dropout, BatchNorm, augmentation and
-    # gradient clipping all at work
+    # a GPU's queue of work drains whenever a value comes back to the host; in the whole loop
+    # over the batches (gathering, augmentation, the step, the running accuracy) only the loss
+    # may (the divergence check needs it), with Dropout, BatchNorm and gradient clipping at work
     from strict_device import tally
-    copies = []
+    at_start, in_step = [], []
 
     def counted_step(*args, **kwargs):
-        before = tally["host copies"]
+        at_start.append(tally["host copies"])
         result = train_step(*args, **kwargs)
-        copies.append(tally["host copies"] - before)
+        in_step.append(tally["host copies"] - at_start[-1])
         return result
 
     train_step = engine.train_step
     monkeypatch.setattr(engine, "train_step", counted_step)
     assert main([write_config(tmp_path, mnist_data_dir, num_epochs=1), "--device", "gpu"]) == 0
-    assert copies == [1] * 12                                   # 600 images in batches of 50
+    assert in_step == [1] * 12                                       # 600 images in batches of 50
+    assert [b - a for a, b in zip(at_start, at_start[1:])] == [1] * 11   # from one batch's step to the next
 
 
 def test_a_host_array_in_a_device_layer_is_caught(stand_in):
