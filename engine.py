@@ -266,8 +266,9 @@ class Engine:
         if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
         self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
-        best = f" (best validation accuracy {100 * progress['best_accuracy']:.2f}%)" if len(x_valid) else ""
-        self.log.info(f"saved model to {c['model_file']}{best}")
+        self.log.info(f"saved model to {c['model_file']}" if not len(x_valid) else
+                      f"the model in {c['model_file']} is the one with the best validation accuracy, "
+                      f"{100 * progress['best_accuracy']:.2f}%")
         return progress["history"]
 
     def keep_if_best(self, model, record, progress):
@@ -362,9 +363,10 @@ class Engine:
                               f"grow, to train longer (num_epochs {then} -> {epochs}): resume with num_epochs {then} "
                               "or more, or train without --resume")
         if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
-            ended = "stopped early" if progress["stopped"] else "has trained"
-            raise ConfigError(f"--resume: the run {ended} after {progress['epoch'] - 1} epochs (num_epochs {then}); "
-                              f"to train longer, raise num_epochs (--set num_epochs=N, N > {progress['epoch'] - 1})")
+            trained = progress["epoch"] - 1
+            ended = f"stopped early after {trained} epochs" if progress["stopped"] else f"has already trained {trained} epochs"
+            raise ConfigError(f"--resume: the run {ended} (num_epochs {then}); "
+                              f"to train longer, raise num_epochs (--set num_epochs=N, N > {trained})")
         if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew
             progress.update(stopped=False, stale=0)
         trained_on, goes_on = payload.get("threads", 1), self.threads(model)

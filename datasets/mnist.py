@@ -119,7 +119,7 @@ def load_mnist(data_dir, mirrors=None, log=None, splits=("train", "test")):
         "x_test" (10000, 784) float32, "y_test" (10000,) int64 and "class_names" (CLASS_NAMES).
         Each row of x is one 28x28 image flattened row by row (pixel (r, c) at r * 28 + c).
     """
-    hint = (f"download the four MNIST .gz files by hand into {Path(data_dir).expanduser()} "
+    hint = (f"download the MNIST .gz files by hand into {Path(data_dir).expanduser()} "
             f"or set NNFS_MIRROR to a folder or URL that has them")
     return load_idx_dataset(data_dir, SHA256, mirror_list() if mirrors is None else mirrors,
                             CLASS_NAMES, log, hint, splits=splits)
@@ -130,7 +130,7 @@ def load_fashion_mnist(data_dir, mirrors=None, log=None, system_dir=FASHION_SYST
     is there and verifies, else from the cache in `data_dir`, else from a mirror into `data_dir`.
     mirrors None: $NNFS_FASHION_MIRROR when set, then FASHION_MIRRORS.
     """
-    hint = (f"install the Debian package dataset-fashion-mnist, or put the four Fashion-MNIST .gz "
+    hint = (f"install the Debian package dataset-fashion-mnist, or put the Fashion-MNIST .gz "
             f"files into {Path(data_dir).expanduser()}, or set NNFS_FASHION_MIRROR to a folder or URL "
             f"that has them")
     mirrors = mirror_list("NNFS_FASHION_MIRROR", FASHION_MIRRORS) if mirrors is None else mirrors

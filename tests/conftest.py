@@ -8,17 +8,21 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import main  # noqa: E402,F401  (before numpy: the tests run with main.py's BLAS threads, as its subprocesses do)
+from datasets.mnist import FILES  # noqa: E402
 
 MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 
 def mnist_mirror():
-    """The file:// mirror of the real MNIST files: NNFS_MIRROR if set, else ../shared/data/mnist."""
+    """The mirror of the real MNIST files: NNFS_MIRROR if set, else ../shared/data/mnist, else the
+    cache in data/ that a first training run fills."""
     if os.environ.get("NNFS_MIRROR"):
         return os.environ["NNFS_MIRROR"]
-    if (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        return MNIST_DIR.as_uri() + "/"
-    pytest.skip(f"real MNIST not found: set NNFS_MIRROR or put the four files in {MNIST_DIR}")
+    for folder in (MNIST_DIR, ROOT / "data"):
+        if all((folder / f"{name}.gz").exists() for name in FILES.values()):
+            return folder.as_uri() + "/"
+    pytest.skip(f"real MNIST not found: set NNFS_MIRROR, put the four files in {MNIST_DIR}, or train "
+                "once (python3 main.py configs/network1.json fills data/)")
 
 
 @pytest.fixture(scope="session")

@@ -244,7 +244,7 @@ def test_resume_extends_a_finished_run_and_refuses_other_changes(tmp_path, capsy
     straight, extended = write_config(tmp_path / "a", num_epochs=3, **keys), write_config(tmp_path / "b", num_epochs=2, **keys)
     assert main([straight]) == 0 and main([extended]) == 0
     assert run_error(capsys, [extended, "--resume"]) == (
-        "error: --resume: the run has trained after 2 epochs (num_epochs 2); to train longer, raise num_epochs "
+        "error: --resume: the run has already trained 2 epochs (num_epochs 2); to train longer, raise num_epochs "
         "(--set num_epochs=N, N > 2)")
     message = run_error(capsys, [extended, "--resume", "--set", "num_epochs=3", "--set", "lr=0.1",
                                  "--set", "network.fc1.n_out=48", "--set", "network.fc2.n_in=48"])

@@ -9,7 +9,7 @@ import layers
 from conftest import ROOT
 from layers import BROKEN, discover
 from main import main
-from nn_module import LAYERS
+from nn_module import LAYERS, LOSSES
 from test_cli import run_error, write_config
 
 README = (ROOT / "README.md").read_text()
@@ -54,15 +54,26 @@ def test_dropout_mask_is_held_and_batchnorm_is_checked_in_both_modes(tmp_path, c
 
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
-    """A folder that counts as part of the layers package; the registry is restored afterwards."""
+    """A folder that is the layers package's only one while a test runs: the layers of your own
+    files in layers/ (the README's example among them, perhaps) are set aside, so that the tests
+    can write that example afresh. The registries and the imported modules are restored afterwards."""
     folder = tmp_path / "user_layers"
     folder.mkdir()
-    monkeypatch.setattr(layers, "__path__", [*layers.__path__, str(folder)])
-    saved, broken, modules = dict(LAYERS), dict(BROKEN), set(sys.modules)
-    yield folder
-    LAYERS.clear(), LAYERS.update(saved), BROKEN.clear(), BROKEN.update(broken)
-    for name in set(sys.modules) - modules:
+    monkeypatch.setattr(layers, "__path__", [str(folder)])
+    saved, broken, modules = (dict(LAYERS), dict(LOSSES)), dict(BROKEN), dict(sys.modules)
+    for registry in (LAYERS, LOSSES):
+        for name in [n for n, cls in registry.items() if cls.__module__.startswith("layers.")]:
+            del registry[name]
+    for name in [m for m in sys.modules if m.startswith("layers.")]:
         del sys.modules[name]
+    BROKEN.clear()
+    yield folder
+    for registry, entries in zip((LAYERS, LOSSES), saved):
+        registry.clear(), registry.update(entries)
+    BROKEN.clear(), BROKEN.update(broken)
+    for name in set(sys.modules) - set(modules):
+        del sys.modules[name]
+    sys.modules.update(modules)
 
 
 def user_layer(folder, filename, name, body):
