@@ -295,12 +295,18 @@ def check_unchanged(study, plan):
                               f"use its config, or another tune.study")
 
 
+def wait_for_attribute(study, keys):
+    """Waits, SETUP_WAIT seconds at most, until the study has one of the user attributes `keys`,
+    which the command that creates it stores (machines may start at once)."""
+    deadline = time.monotonic() + SETUP_WAIT
+    while not set(keys) & set(study.user_attrs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def use_stored_heartbeat(study, storage, plan):
     """Every command on a study uses the heartbeat it was created with, since each one decides
     when the others' trials are stale; waits for the command that creates it to have stored it."""
-    deadline = time.monotonic() + SETUP_WAIT
-    while not {"heartbeat", "trials"} & set(study.user_attrs) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_attribute(study, ("heartbeat", "trials"))
     heartbeat = study.user_attrs.get("heartbeat", plan["heartbeat"])
     plan["heartbeat"], storage.heartbeat_interval, storage.grace_period = heartbeat, heartbeat, 2 * heartbeat
 
@@ -359,9 +365,8 @@ def add_slots(study, plan, created):
     one that did to have done so (machines started at once), so no slot is made twice. Trials
     of earlier commands whose heartbeat stopped long ago are failed and queued again."""
     optuna.storages.fail_stale_trials(study)
-    deadline = time.monotonic() + SETUP_WAIT
-    while not created and "trials" not in study.user_attrs and time.monotonic() < deadline:
-        time.sleep(0.2)
+    if not created:
+        wait_for_attribute(study, ("trials",))
     planned = study.user_attrs.get("trials", 0)
     if plan["trials"] < planned:
         raise ConfigError(f"tune.trials: study {plan['name']} already has {planned} trials; "
