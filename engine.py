@@ -364,7 +364,9 @@ class Engine:
                               "or more, or train without --resume")
         if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
             trained = progress["epoch"] - 1
-            ended = f"stopped early after {trained} epochs" if progress["stopped"] else f"has already trained {trained} epochs"
+            epochs_text = f"{trained} epoch{'s' if trained != 1 else ''}"
+            ended = (f"stopped early after {epochs_text}" if progress["stopped"]
+                     else f"has already trained {epochs_text}")
             raise ConfigError(f"--resume: the run {ended} (num_epochs {then}); "
                               f"to train longer, raise num_epochs (--set num_epochs=N, N > {trained})")
         if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew

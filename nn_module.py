@@ -345,7 +345,7 @@ def im2col(x, k, stride, padding):
     (c, tap) and column (n, a, b). One copy of the k*k taps, with channels first."""
     windows = taps(pad(x, padding).transpose(1, 0, 2, 3), k, stride)      # k*k views, each (C, N, OH, OW)
     c, n, oh, ow = windows[0].shape
-    cols = np.empty_like(x, shape=(c, k * k, n, oh, ow))
+    cols = np.empty_like(x, shape=(c, k * k, n, oh, ow), order="C")
     np.stack(windows, axis=1, out=cols)          # into C order, so that the reshape below copies nothing
     return cols.reshape(c * k * k, n * oh * ow)
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the project root on sys.path, and the real MNIST files when they exist."""
+import contextlib
 import os
 import pathlib
 import sys
@@ -21,8 +22,8 @@ def mnist_mirror():
     for folder in (MNIST_DIR, ROOT / "data"):
         if all((folder / f"{name}.gz").exists() for name in FILES.values()):
             return folder.as_uri() + "/"
-    pytest.skip(f"real MNIST not found: set NNFS_MIRROR, put the four files in {MNIST_DIR}, or train "
-                "once (python3 main.py configs/network1.json fills data/)")
+    pytest.skip(f"real MNIST not found: set NNFS_MIRROR, put the four files in {MNIST_DIR}, or run the "
+                "README's two commands once (training and the test task fill data/)")
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +70,26 @@ def device(request):
     if request.param == "gpu":
         return gpu_or_skip()
     return StrictBackend() if request.param == "stand-in" else backend.Backend()
+
+
+@contextlib.contextmanager
+def restored(package, registries, broken):
+    """Puts back, when the block ends, what discovering a test's files in `package` (layers or
+    datasets) changed: the entries of `registries` and of `broken`, and the package's modules."""
+    saved, saved_broken, prefix = [dict(r) for r in registries], dict(broken), package.__name__ + "."
+    modules = {name: module for name, module in sys.modules.items() if name.startswith(prefix)}
+    attributes = dict(vars(package))
+    try:
+        yield
+    finally:
+        for registry, entries in zip(registries, saved):
+            registry.clear()
+            registry.update(entries)
+        broken.clear()
+        broken.update(saved_broken)
+        for name in [name for name in sys.modules if name.startswith(prefix)]:
+            del sys.modules[name]
+        sys.modules.update(modules)
+        for name in set(vars(package)) - set(attributes):        # the modules imported set themselves there
+            delattr(package, name)
+        vars(package).update(attributes)

@@ -15,7 +15,9 @@ launches at least one GPU kernel in CuPy; a view, such as most reshapes, a trans
 and a bare allocation launch none), and "host copies", the values brought back to the host
 (each waits for the GPU to finish its queue; so does an operation whose result's size depends
 on the values, such as a boolean mask's selection). benchmarks/bench.py's `launches` item and
-the tests read it.
+the tests read it. Results keep numpy's memory layout, but for the joins (`stack`,
+`concatenate`), which CuPy returns in C order, so that a reshape after them is counted as CuPy
+would run it.
 """
 import collections
 import numbers
@@ -29,6 +31,7 @@ import backend
 tally = collections.Counter()
 ALLOCATIONS = {"empty", "empty_like"}                                # memory handed out, nothing computed
 SIZED_BY_VALUES = {"nonzero", "argwhere", "flatnonzero", "unique"}   # CuPy reads the values on the host first
+JOINS = {"stack", "concatenate"}                                     # CuPy gives them C order
 
 
 class HostDeviceMix(TypeError):
@@ -57,10 +60,12 @@ def _arrays(value):
             yield from _arrays(v)
 
 
-def _count(name, result, sources):
+def _count(name, result, sources, kwargs):
     """Tallies a call `name` that gave `result` from the arrays `sources`: a kernel, unless it
-    only allocated or gave a view of a source; a host copy where CuPy must read values first."""
-    view = any(np.may_share_memory(result, s) for s in _arrays(sources)) if isinstance(result, np.ndarray) else False
+    only allocated or gave a view of a source (a result written into `out=` is no view); a host
+    copy where CuPy must read values first."""
+    view = ("out" not in kwargs and isinstance(result, np.ndarray)
+            and any(np.may_share_memory(result, s) for s in _arrays(sources)))
     tally["kernels"] += name not in ALLOCATIONS and not view
     tally["host copies"] += name in SIZED_BY_VALUES
 
@@ -88,7 +93,9 @@ class DeviceArray:
     def __array_function__(self, func, types, args, kwargs):
         args = _unwrap(args)
         result = func(*args, **_unwrap(kwargs))
-        _count(func.__name__, result, args)
+        if func.__name__ in JOINS and "out" not in kwargs:
+            result = np.ascontiguousarray(result)        # as CuPy allocates them; numpy keeps the inputs' layout
+        _count(func.__name__, result, args, kwargs)
         return _wrap(result)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -160,7 +167,7 @@ class DeviceArray:
         def method(*args, **kwargs):
             args = _unwrap(args)
             result = attribute(*args, **_unwrap(kwargs))
-            _count(name, result, (self.array, args))
+            _count(name, result, (self.array, args), kwargs)
             return _wrap(result)
         return method
 

@@ -3,13 +3,12 @@ bad files and arguments (one `error:` line each), and a user's own dataset file 
 """
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 
 import datasets
-from conftest import ROOT
+from conftest import ROOT, restored
 from datasets import BROKEN, DATASETS, Dataset, Info, discover, load_dataset, make_dataset, mnist
 from datasets.mnist import FASHION_CLASS_NAMES, FASHION_SYSTEM_DIR, FILES, load_fashion_mnist
 from main import main
@@ -278,21 +277,20 @@ def test_fashion_mnist_has_its_own_mirror_variable(tmp_path, monkeypatch):
 
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
-    """A folder that counts as part of the datasets package; the registry is restored afterwards."""
+    """A folder that counts as part of the datasets package; the registry, the broken files and
+    the package's modules are restored afterwards."""
     folder = tmp_path / "user_datasets"
     folder.mkdir()
-    monkeypatch.setattr(datasets, "__path__", [*datasets.__path__, str(folder)])
-    saved, broken, modules = dict(DATASETS), dict(BROKEN), set(sys.modules)
-    yield folder
-    DATASETS.clear(), DATASETS.update(saved), BROKEN.clear(), BROKEN.update(broken)
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    with restored(datasets, (DATASETS,), BROKEN):
+        monkeypatch.setattr(datasets, "__path__", [*datasets.__path__, str(folder)])
+        yield folder
 
 
 def test_the_readme_example_dataset_works(user_folder, tmp_path, capsys):
     readme = (ROOT / "README.md").read_text()
     name, code = re.search(r"```python\n# datasets/(\w+)\.py\n(.*?)```", readme, re.S).groups()
-    (user_folder / f"{name}.py").write_text(code)
+    DATASETS.pop("bars", None)            # your own copy of the example (datasets/bars.py), if any, steps aside
+    (user_folder / f"readme_{name}.py").write_text(code)
     discover()
     assert "bars" in DATASETS and BROKEN == {}
     config = write_config(tmp_path, dataset="bars", dataset_args={"size": 10}, valid_size=100, num_epochs=10,

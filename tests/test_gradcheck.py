@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import layers
-from conftest import ROOT
+from conftest import ROOT, restored
 from layers import BROKEN, discover
 from main import main
 from nn_module import LAYERS, LOSSES
@@ -55,25 +55,19 @@ def test_dropout_mask_is_held_and_batchnorm_is_checked_in_both_modes(tmp_path, c
 @pytest.fixture
 def user_folder(tmp_path, monkeypatch):
     """A folder that is the layers package's only one while a test runs: the layers of your own
-    files in layers/ (the README's example among them, perhaps) are set aside, so that the tests
-    can write that example afresh. The registries and the imported modules are restored afterwards."""
+    files in layers/ (the README's example among them, perhaps) step aside, so that the tests can
+    write that example afresh; they, the registries and the modules are restored afterwards."""
     folder = tmp_path / "user_layers"
     folder.mkdir()
-    monkeypatch.setattr(layers, "__path__", [str(folder)])
-    saved, broken, modules = (dict(LAYERS), dict(LOSSES)), dict(BROKEN), dict(sys.modules)
-    for registry in (LAYERS, LOSSES):
-        for name in [n for n, cls in registry.items() if cls.__module__.startswith("layers.")]:
-            del registry[name]
-    for name in [m for m in sys.modules if m.startswith("layers.")]:
-        del sys.modules[name]
-    BROKEN.clear()
-    yield folder
-    for registry, entries in zip((LAYERS, LOSSES), saved):
-        registry.clear(), registry.update(entries)
-    BROKEN.clear(), BROKEN.update(broken)
-    for name in set(sys.modules) - set(modules):
-        del sys.modules[name]
-    sys.modules.update(modules)
+    with restored(layers, (LAYERS, LOSSES), BROKEN):
+        monkeypatch.setattr(layers, "__path__", [str(folder)])
+        for registry in (LAYERS, LOSSES):
+            for name in [n for n, cls in registry.items() if cls.__module__.startswith("layers.")]:
+                del registry[name]
+        for name in [m for m in sys.modules if m.startswith("layers.")]:
+            del sys.modules[name]
+        BROKEN.clear()
+        yield folder
 
 
 def user_layer(folder, filename, name, body):

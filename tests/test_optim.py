@@ -43,6 +43,8 @@ def test_clip_grad_norm_on_every_device(device, dtype):
     grads = {"a": device.to_device(np.array([3.0], dtype)), "b": device.to_device(np.array([4.0], dtype))}
     assert float(clip_grad_norm(grads, 10.0)) == pytest.approx(5.0)
     assert to_numpy(grads["a"])[0] == 3.0 and to_numpy(grads["b"])[0] == 4.0    # within bounds: untouched
+    assert float(clip_grad_norm(grads, 5.0)) == pytest.approx(5.0)
+    assert to_numpy(grads["a"])[0] == 3.0 and to_numpy(grads["b"])[0] == 4.0    # on the bound too: a scale of 1
     assert float(clip_grad_norm(grads, 1.0)) == pytest.approx(5.0)
     a, b = to_numpy(grads["a"]), to_numpy(grads["b"])
     assert a[0] == pytest.approx(0.6) and b[0] == pytest.approx(0.8) and a.dtype == b.dtype == dtype
