@@ -67,7 +67,7 @@ def _count(name, result, sources, kwargs):
     view = ("out" not in kwargs and isinstance(result, np.ndarray)
             and any(np.may_share_memory(result, s) for s in _arrays(sources)))
     tally["kernels"] += name not in ALLOCATIONS and not view
-    tally["host copies"] += name in SIZED_BY_VALUES
+    tally["host copies"] += name in SIZED_BY_VALUES or (name == "where" and len(sources) == 1)   # where(c): nonzero
 
 
 def _wrap(value):
@@ -114,9 +114,9 @@ class DeviceArray:
         tally["host copies"] += 1
         return self.array.copy()
 
-    def item(self):
+    def item(self, *index):
         tally["host copies"] += 1
-        return self.array.item()
+        return self.array.item(*_unwrap(index))
 
     def tolist(self):
         tally["host copies"] += 1
@@ -149,6 +149,10 @@ class DeviceArray:
 
     def __repr__(self):
         return f"DeviceArray({self.array!r})"
+
+    def __str__(self):
+        tally["host copies"] += 1
+        return str(self.array)
 
     # -- attributes and methods: those of the numpy array, results wrapped ------------------
     shape = property(lambda self: self.array.shape)

@@ -118,6 +118,23 @@ def test_a_batch_copies_only_its_loss_to_the_host(tmp_path, mnist_data_dir, stan
     assert [b - a for a, b in zip(at_start, at_start[1:])] == [1] * 11   # from one batch's step to the next
 
 
+def test_the_stand_in_tallies_kernels_and_host_copies():
+    from strict_device import tally
+    a = StrictBackend().to_device(np.arange(6.0))
+
+    def counted(operation):
+        tally.clear()
+        operation()
+        return tally["kernels"], tally["host copies"]
+
+    assert counted(lambda: (a.reshape(2, 3), a[1:], a.T, np.empty_like(a))) == (0, 0)   # views, an allocation
+    assert counted(lambda: (a + 1, np.exp(a), a.sum(), a.reshape(2, 3).T.copy())) == (4, 0)
+    assert counted(lambda: (a[a > 2], np.nonzero(a))) == (3, 2)          # the result's size needs the values
+    assert counted(lambda: (float(a[0]), a.item(0), a.get(), f"{a[0]:.1f}")) == (0, 4)
+    assert counted(lambda: np.multiply(a, 2, out=a)) == (1, 0)
+    assert counted(lambda: np.stack([a, a], axis=1).reshape(-1)) == (1, 0)   # C order, as CuPy gives it
+
+
 def test_a_host_array_in_a_device_layer_is_caught(stand_in):
     from strict_device import HostDeviceMix
     from nn_module import Linear
