@@ -85,13 +85,19 @@ class StopAfter:
         return self.count == 0
 
 
+def interrupted_run(monkeypatch, argv, batches=17):
+    """main(argv)'s exit status with a Ctrl-C that comes at the `batches`-th batch (in the second
+    epoch of the tests' runs)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(batches)))
+        return main(argv)
+
+
 def test_resume_on_the_stand_in_gives_the_uninterrupted_weights(tmp_path, mnist_data_dir, stand_in, monkeypatch):
     whole = write_config(tmp_path, mnist_data_dir, "whole", optimizer={"name": "momentum"}, lr=0.05)
     cut = write_config(tmp_path, mnist_data_dir, "cut", optimizer={"name": "momentum"}, lr=0.05)
     assert main([whole, "--device", "gpu"]) == 0
-    with monkeypatch.context() as patch:
-        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(17)))
-        assert main([cut, "--device", "gpu"]) == 130            # interrupted in the second epoch
+    assert interrupted_run(monkeypatch, [cut, "--device", "gpu"]) == 130
     assert (tmp_path / "cut.ckpt").exists()
     assert main([cut, "--device", "gpu", "--resume"]) == 0
     a, b = saved_arrays(tmp_path / "whole.pkl"), saved_arrays(tmp_path / "cut.pkl")

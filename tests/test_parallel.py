@@ -4,7 +4,6 @@ A layer that says `per_example` must give every slice of a batch what the whole 
 it; a model split across threads must compute what it computes in one, gradients included;
 and a training run on threads must be as reproducible (and resumable) as one without.
 """
-import contextlib
 import inspect
 import warnings
 
@@ -17,7 +16,7 @@ from main import main
 from model import build_model
 from nn_module import NNModule, get_module
 from parallel import BatchSplit, batch_slices, stages
-from test_device import StopAfter, saved_arrays, write_config
+from test_device import interrupted_run, saved_arrays, write_config
 from test_gradients import LAYER_CASES, check_module
 
 CONV_NET = [{"class": "Conv2D", "in_channels": 2, "out_channels": 3, "kernel_size": 3, "padding": 1},
@@ -187,9 +186,7 @@ def test_resume_on_threads_gives_the_uninterrupted_weights(tmp_path, mnist_data_
     whole = conv_config(tmp_path, mnist_data_dir, "whole", threads=3)
     cut = conv_config(tmp_path, mnist_data_dir, "cut", threads=3)
     assert main([whole]) == 0
-    with monkeypatch.context() as patch:
-        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(17)))
-        assert main([cut]) == 130                                       # interrupted in the second epoch
+    assert interrupted_run(monkeypatch, [cut]) == 130
     assert main([cut, "--resume"]) == 0
     a, b = saved_arrays(tmp_path / "whole.pkl"), saved_arrays(tmp_path / "cut.pkl")
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -228,9 +225,7 @@ def test_a_diverging_split_network_ends_in_one_error_line(tmp_path, mnist_data_d
 
 def test_resume_on_other_threads_says_so(tmp_path, mnist_data_dir, monkeypatch, capsys):
     cut = conv_config(tmp_path, mnist_data_dir, "cut", threads=3)
-    with monkeypatch.context() as patch:
-        patch.setattr(engine, "stop_requests", lambda: contextlib.nullcontext(StopAfter(17)))
-        assert main([cut]) == 130
+    assert interrupted_run(monkeypatch, [cut]) == 130
     capsys.readouterr()
     assert main([cut, "--resume", "--set", "threads=2"]) == 0
     assert "the run trained on 3 thread(s) and goes on with 2" in capsys.readouterr().err

@@ -312,7 +312,7 @@ def test_a_worker_killed_mid_trial_loses_only_that_trial(tmp_path, mnist_data_di
     again = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
     assert killed.state.name == "FAIL" and len(again) == 1
     assert again[0].params == killed.params and again[0].user_attrs["seed"] == killed.user_attrs["seed"]
-    assert f"(again, for trial 0)" in out
+    assert "(again, for trial 0)" in out
     assert slots(study) == {0: "COMPLETE", 1: "COMPLETE"}                # two trials, each run to the end once
 
 
