@@ -21,7 +21,7 @@ pytest.importorskip("optuna", reason="the tune task needs optuna: pip install -r
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 import tune                                          # noqa: E402 (after the skip)
-from config import load_config, read_raw             # noqa: E402
+from config import from_raw, read_raw                # noqa: E402
 from conftest import ROOT                            # noqa: E402
 from main import main                                # noqa: E402
 from test_cli import SMALL_NET, run_error, write_config  # noqa: E402
@@ -53,9 +53,15 @@ def trial_lines(out):
     return lines
 
 
+def plan_of(config, given=()):
+    """tune's plan for a config file with the `--set` strings `given`, read as main.py reads it."""
+    raw = read_raw(config, given)
+    return tune.make_plan(config, raw, from_raw(raw, config))
+
+
 def study_of(config):
     """The study of a config file, through tune's own functions (the Optuna it uses is tune.optuna)."""
-    return tune.open_study(tune.make_plan(config, read_raw(config), load_config(config)))[0]
+    return tune.open_study(plan_of(config))[0]
 
 
 def slots(study):
@@ -256,8 +262,7 @@ def test_a_trial_taken_over_by_another_worker_is_left_to_it(tmp_path, capsys, mn
 def test_a_study_keeps_the_heartbeat_it_was_created_with(tmp_path, capsys, mnist_data_dir):
     config = tune_config(tmp_path, mnist_data_dir, trials=1)
     assert main([config, "--task", "tune"]) == 0
-    given = ["tune.heartbeat=7"]
-    plan = tune.make_plan(config, read_raw(config, given), load_config(config, given))
+    plan = plan_of(config, ["tune.heartbeat=7"])
     study = tune.open_study(plan)[0]
     assert study.user_attrs["heartbeat"] == 1 and plan["heartbeat"] == 1
     assert study._storage.get_heartbeat_interval() == 1 and study._storage._backend.grace_period == 2
@@ -446,6 +451,5 @@ def test_workers_stop_when_their_command_is_killed(tmp_path, mnist_data_dir):
 def test_the_workers_share_the_cores(tmp_path, mnist_data_dir, monkeypatch):
     monkeypatch.setattr(tune, "available_cores", lambda: 8)
     config = tune_config(tmp_path, mnist_data_dir, workers=3)
-    assert tune.make_plan(config, read_raw(config), load_config(config))["threads"] == 2   # 8 cores, 3 workers
-    given = ["threads=3"]
-    assert tune.make_plan(config, read_raw(config, given), load_config(config, given))["threads"] == 3
+    assert plan_of(config)["threads"] == 2                                # 8 cores, 3 workers
+    assert plan_of(config, ["threads=3"])["threads"] == 3
