@@ -6,18 +6,25 @@ arrays are CuPy arrays over to CuPy (NEP 18's `__array_function__`, NEP 13's `__
 so the same lines run on the GPU. Two habits keep that true:
   * arrays are created beside their siblings, `np.zeros_like(x, shape=...)` or
     `np.arange(n, like=x)`, never from a bare shape (`np.zeros(shape)` is a host array);
-  * only the engine moves data, through the `Backend` of its run: the model and the data go to
-    the device once, losses and metrics come back when they are needed, files hold numpy arrays.
+  * only the engine moves data, through the `Backend` of its run: the model (`Backend.place`)
+    and the data go to the device once, losses and metrics come back when they are needed,
+    files hold numpy arrays.
 
 Random numbers are drawn on the host, from the run's one seeded numpy generator, and moved to
 the device (`Backend.random`): shuffling, dropout masks and augmentation maps are the same on
 every device, and a checkpoint that saves that generator resumes a GPU run exactly.
 
+The device's set-up is here too: how many CPU threads share each batch (`Backend.batch_threads`)
+and the one error line for a device out of memory (`device_errors`).
+
 CuPy is imported here and nowhere else, and only when a run asks for the GPU.
 """
+import contextlib
+
 import numpy as np
 
 from errors import ConfigError
+from parallel import available_cores, worth_splitting
 
 DEVICES = ("cpu", "gpu")
 
@@ -43,6 +50,23 @@ class Backend:
 
     def describe(self):
         return "CPU (numpy)"
+
+    def batch_threads(self, model, threads):
+        """How many threads share each batch of `model` here: `threads` (the config's; 0 means
+        every core) on the CPU for a network worth it (parallel.py), else 1."""
+        if self.name != "cpu" or not worth_splitting(model.layers):
+            return 1
+        return threads or available_cores()
+
+    def place(self, model, rng, threads):
+        """`model` with its arrays on this device, its random layers (Dropout) drawing from the
+        device's source of `rng`'s numbers, and on the CPU each batch shared by
+        `batch_threads(model, threads)` threads."""
+        model.map_arrays(self.to_device)
+        for layer in model.layers:
+            if hasattr(layer, "rng"):
+                layer.rng = self.random(rng)
+        return model.use_threads(self.batch_threads(model, threads))
 
 
 def to_numpy(array):
@@ -124,6 +148,21 @@ def gpu():
         raise ConfigError("device: 'gpu', but no CUDA GPU is visible (check nvidia-smi and "
                           "CUDA_VISIBLE_DEVICES), or use --device cpu")
     return CupyBackend(cupy)
+
+
+@contextlib.contextmanager
+def device_errors(current):
+    """A block in which the device running out of memory becomes a ConfigError that says what to
+    change. `current()` gives the run's Backend, or None while none is set up: the block may be
+    the one that sets it up."""
+    try:
+        yield
+    except Exception as err:
+        backend = current()
+        if backend is None or not isinstance(err, backend.out_of_memory):
+            raise
+        raise ConfigError(f"device: out of {backend.name.upper()} memory ({err}); use a smaller "
+                          "batch_size or network, or another device") from None
 
 
 def get_backend(device):

@@ -1,7 +1,8 @@
 """Runs a task from a validated config: builds the model, loads the data and trains.
 
 The engine is where the parts meet: config -> model (model.py), optimizer and schedule
-(optim.py), data (datasets/), files (utils.py), messages (log.py). Training happens here; the
+(optim.py), data (datasets/), device (backend.py), the model file (utils.py), the run's
+checkpoint and history (runfiles.py), messages (log.py). Training happens here; the
 tasks that only look at a network (test, plot, predict, summary, gradcheck) live in tasks.py
 and get their model, data and checks from the engine.
 
@@ -14,26 +15,23 @@ and classes, the model file can be written) is checked before the data is loaded
 downloaded; only `npz` and `csv` datasets are read first, to learn their shapes.
 """
 import contextlib
-import json
 import math
-import os
 import signal
 import threading
 import time
 
 import numpy as np
 
+import runfiles
 import tasks
-from backend import get_backend, map_arrays, to_numpy
-from config import LOCAL_KEYS, changes
+from backend import device_errors, get_backend, map_arrays
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
-from errors import ConfigError, DataError, ModelFileError
-from log import fmt
+from errors import ConfigError, DataError
+from log import epoch_line, fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
-from parallel import available_cores, worth_splitting
-from utils import atomic_write, check_writable, copy_arrays, read_pickle, save_model, training_lock
+from utils import check_writable, save_model, training_lock
 
 EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
 
@@ -139,33 +137,9 @@ class Engine:
             with training_lock(self.config["model_file"]):     # no second run writes model_file meanwhile
                 return self.train(resume, on_epoch)
 
-    @contextlib.contextmanager
     def device_errors(self):
-        """Turns the device running out of memory into a ConfigError that says what to change."""
-        try:
-            yield
-        except Exception as err:
-            if self._backend is None or not isinstance(err, self._backend.out_of_memory):
-                raise
-            raise ConfigError(f"device: out of {self._backend.name.upper()} memory ({err}); use a smaller "
-                              "batch_size or network, or another device") from None
-
-    def to_device(self, model):
-        """`model` with its arrays on the run's device, its random layers (Dropout) drawing from
-        the device's source of the run's random numbers; on the CPU, each batch shared by
-        `threads` threads (parallel.py)."""
-        model.map_arrays(self.backend.to_device)
-        for layer in model.layers:
-            if hasattr(layer, "rng"):
-                layer.rng = self.backend.random(self.rng)
-        return model.use_threads(self.threads(model))
-
-    def threads(self, model):
-        """How many threads share each batch of `model` here: `threads` (default every core) on
-        the CPU for a network worth it (parallel.py), else 1."""
-        if self.backend.name != "cpu" or not worth_splitting(model.layers):
-            return 1
-        return self.config["threads"] or available_cores()
+        """A block in which this run's device running out of memory is one ConfigError (backend.py)."""
+        return device_errors(lambda: self._backend)       # the block may be the one that sets it up
 
     # ---- building and checking, before any data --------------------------------------------
 
@@ -213,7 +187,7 @@ class Engine:
         (valid_* are None in epochs without validation). `on_epoch(record)`, when given, is
         called after each epoch and may raise to stop training.
 
-        SIGINT or SIGTERM writes a checkpoint (see `checkpoint_path`) and raises Interrupted;
+        SIGINT or SIGTERM writes a checkpoint (runfiles.py) and raises Interrupted;
         `resume=True` continues from it, giving the weights an uninterrupted run would have. A run
         that ends leaves its last state there too, and `resume=True` with a larger num_epochs
         trains it on, as Keras's `initial_epoch` does.
@@ -223,12 +197,10 @@ class Engine:
         model.skip_input_grad()
         self.check_fits(model)                         # model_file is checked by the caller (run(), tune.py)
         optimizer = self.build_optimizer()
-        replaces = not resume and os.path.exists(self.checkpoint_path())   # a finished run's, that --resume extends
-        if replaces and not self.finished_checkpoint():
-            raise ConfigError(f"{self.checkpoint_path()} holds an interrupted run: continue it with --resume, "
-                              "or delete it to start afresh")
-        progress = self.load_checkpoint(model, optimizer) if resume else new_progress()
-        self.to_device(model).pack()
+        replaces = not resume and runfiles.replaces_checkpoint(c["model_file"])   # a finished run's
+        progress = (runfiles.load_checkpoint(c, model, optimizer, self.rng, self.threads(model), self.log)
+                    if resume else new_progress())
+        self.backend.place(model, self.rng, c["threads"]).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
         x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data("train")))
@@ -244,8 +216,7 @@ class Engine:
                 start = time.perf_counter()
                 self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop)
                 if replaces:         # kept until this run writes files of its own, so a failed start loses nothing
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.checkpoint_path())
+                    runfiles.remove_checkpoint(c["model_file"])
                     replaces = False
                 record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
                           "train_accuracy": progress["correct"] / len(x_train),
@@ -256,7 +227,7 @@ class Engine:
                 record["seconds"] = progress["seconds"] + time.perf_counter() - start
                 progress["history"].append(record)
                 self.log.info(epoch_line(record, c["num_epochs"]))
-                self.save_history(progress["history"])
+                runfiles.save_history(c["model_file"], progress["history"])
                 progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
                 if c["patience"] and progress["stale"] >= c["patience"]:
                     self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
@@ -315,7 +286,7 @@ class Engine:
                 progress["seconds"] += time.perf_counter() - start
                 self.save_checkpoint(model, optimizer, progress)
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
-                                  f"{self.checkpoint_path()}: continue with --resume")
+                                  f"{runfiles.checkpoint_path(c['model_file'])}: continue with --resume")
         progress["correct"] = int(correct)
 
     def warn_if_exploding(self, value, progress, batch, lr):
@@ -334,96 +305,11 @@ class Engine:
         out = forward_in_eval_mode(model, x)
         return float(loss.forward(out, y)), float((out.argmax(axis=1) == y).mean())
 
-    # ---- checkpoints and history -------------------------------------------------------------
-
-    def checkpoint_path(self):
-        return checkpoint_path(self.config["model_file"])
+    def threads(self, model):
+        """How many threads share each batch of `model` in this run (Backend.batch_threads)."""
+        return self.backend.batch_threads(model, self.config["threads"])
 
     def save_checkpoint(self, model, optimizer, progress):
-        """Everything a resumed run needs: weights, optimizer state, random state, position."""
-        save_model(self.checkpoint_path(), model, self.config, {
-            "optimizer": map_arrays(to_numpy, optimizer.state_dict()), "rng": self.rng.bit_generator.state,
-            "progress": progress, "threads": self.threads(model)})
+        """This run's checkpoint (runfiles.py): everything a resumed run needs."""
+        runfiles.save_checkpoint(self.config, model, optimizer, self.rng, progress, self.threads(model))
 
-    def load_checkpoint(self, model, optimizer):
-        """Restores model, optimizer and random state from the checkpoint; returns the progress."""
-        path = self.checkpoint_path()
-        payload = read_pickle(path, what="checkpoint", hint="nothing to resume: train without --resume")
-        if not {"optimizer", "rng", "progress"} <= payload.keys():
-            raise ModelFileError(f"{path}: not a checkpoint (a model file?); train without --resume")
-        ignored = LOCAL_KEYS + ("task", "num_epochs")    # a checkpoint holds numpy arrays: any device resumes it
-        changed = changes(payload["config"], self.config, ignore=ignored)
-        if changed:
-            raise ConfigError(f"--resume: {path} was made with another config (then -> now: {'; '.join(changed)}); "
-                              "only num_epochs may change, to train longer: resume with the run's config, "
-                              "or train without --resume")
-        progress, epochs, then = payload["progress"], self.config["num_epochs"], payload["config"]["num_epochs"]
-        if not is_finished(progress, then) and epochs < then:
-            raise ConfigError(f"--resume: the run was interrupted in epoch {progress['epoch']}; num_epochs may only "
-                              f"grow, to train longer (num_epochs {then} -> {epochs}): resume with num_epochs {then} "
-                              "or more, or train without --resume")
-        if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
-            trained = progress["epoch"] - 1
-            epochs_text = f"{trained} epoch{'s' if trained != 1 else ''}"
-            ended = (f"stopped early after {epochs_text}" if progress["stopped"]
-                     else f"has already trained {epochs_text}")
-            raise ConfigError(f"--resume: the run {ended} (num_epochs {then}); "
-                              f"to train longer, raise num_epochs (--set num_epochs=N, N > {trained})")
-        if progress["stopped"]:                       # more epochs for a run that stopped early: patience anew
-            progress.update(stopped=False, stale=0)
-        trained_on, goes_on = payload.get("threads", 1), self.threads(model)
-        if trained_on != goes_on:
-            self.log.warning(f"--resume: the run trained on {trained_on} thread(s) and goes on with {goes_on}; its "
-                             f"weights will differ in the last bits from those of a run on {trained_on} "
-                             f"(--set threads={trained_on} gives those)")
-        copy_arrays(model, payload, path)
-        optimizer.load_state_dict(payload["optimizer"])
-        self.rng.bit_generator.state = payload["rng"]
-        return progress
-
-    def finished_checkpoint(self):
-        """Whether the checkpoint beside model_file is that of a run that ended (kept for --resume
-        to extend), not of an interrupted one. One that cannot be read raises its ModelFileError."""
-        payload = read_pickle(self.checkpoint_path(), what="checkpoint", hint="delete it to start afresh")
-        try:
-            return is_finished(payload["progress"], payload["config"]["num_epochs"])
-        except (KeyError, TypeError):
-            return False
-
-    def history_path(self):
-        return os.path.splitext(self.config["model_file"])[0] + ".history.json"
-
-    def read_history(self):
-        """The saved training history, or None (with a warning if it exists but cannot be read)."""
-        try:
-            with open(self.history_path(), encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            self.log.warning(f"{self.history_path()}: cannot read the training history ({err}); no curves drawn")
-            return None
-
-    def save_history(self, history):
-        with atomic_write(self.history_path(), "w") as f:
-            json.dump(history, f, indent=1)
-
-
-def checkpoint_path(model_file):
-    """Where the checkpoint of the run that saves `model_file` goes: beside it, as .ckpt."""
-    return os.path.splitext(model_file)[0] + ".ckpt"
-
-
-def is_finished(progress, num_epochs):
-    """Whether a run with this progress ended (all num_epochs trained, or stopped early), rather
-    than was interrupted."""
-    return progress["epoch"] > num_epochs or progress["stopped"]
-
-
-def epoch_line(record, num_epochs):
-    """Epoch 3/30  train loss 0.1234 acc 96.50%  valid loss 0.1111 acc 96.80%  lr 0.1  2.1s"""
-    line = (f"epoch {record['epoch']}/{num_epochs}  train loss {fmt(record['train_loss'])} "
-            f"acc {100 * record['train_accuracy']:.2f}%")
-    if record["valid_loss"] is not None:
-        line += f"  valid loss {fmt(record['valid_loss'])} acc {100 * record['valid_accuracy']:.2f}%"
-    return line + f"  lr {record['lr']:.4g}  {record['seconds']:.1f}s"

@@ -6,6 +6,11 @@ Levels (higher always means more):
      bar while an epoch runs, which the epoch line replaces (as Keras's default);
   2  plus progress within an epoch as plain lines where the output is not a terminal (a pipe, a file);
   3  plus debug details.
+
+The epoch line (`epoch_line`) shows "train (running)": the mean loss and accuracy over the
+epoch's batches, each measured as the weights changed during the epoch, so it usually sits below
+the "valid" figures, which the finished epoch's weights give.
+
 Results and messages go to stdout, warnings and errors to stderr. The log file, when given,
 receives every line that is shown, without the in-place progress bar.
 """
@@ -16,6 +21,21 @@ import time
 def fmt(value):
     """A number as the progress bar and epoch lines show it: .4f, or .4e when tiny."""
     return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 else f"{value:.4e}"
+
+
+def fmt_seconds(seconds):
+    """A duration: 0.42s under ten seconds, 12.3s from there."""
+    return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+
+
+def epoch_line(record, num_epochs):
+    """epoch 3/30  train (running) loss 0.1234 acc 96.50%  valid loss 0.1111 acc 96.80%  lr 0.1  2.14s,
+    from an epoch's record (engine.py's `Engine.train`)."""
+    line = (f"epoch {record['epoch']}/{num_epochs}  train (running) loss {fmt(record['train_loss'])} "
+            f"acc {100 * record['train_accuracy']:.2f}%")
+    if record["valid_loss"] is not None:
+        line += f"  valid loss {fmt(record['valid_loss'])} acc {100 * record['valid_accuracy']:.2f}%"
+    return line + f"  lr {record['lr']:.4g}  {fmt_seconds(record['seconds'])}"
 
 
 class Logger:

@@ -38,7 +38,10 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv):
     parser = _Parser(prog="main.py", description="Train and test neural networks written from scratch "
-                                                 "in numpy, from a JSON config.")
+                                                 "in numpy, from a JSON config.",
+                     epilog="Each epoch's line gives \"train (running)\": the mean loss and accuracy over "
+                            "the epoch's batches while the weights changed, so usually below \"valid\", "
+                            "which the weights at the end of the epoch give.")
     parser.add_argument("config", nargs="?", help="the JSON config file (see README.md for every key); it may "
                                                   "come before or after the options")
     parser.add_argument("--task", choices=TASKS, default=None,

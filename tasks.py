@@ -15,6 +15,7 @@ from datasets.prepare import prepare_image
 from errors import ConfigError, DataError, ModelFileError
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
+from runfiles import read_history
 from utils import atomic_write, check_writable, load_model
 
 
@@ -40,7 +41,7 @@ def load_trained(engine):
     if saved.get("dataset") != c["dataset"]:
         engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {c['dataset']}")
     engine.check_fits(model)
-    return engine.to_device(model)
+    return engine.backend.place(model, engine.rng, c["threads"])
 
 
 def probabilities(model, x):
@@ -102,7 +103,7 @@ def plot(engine):
         else:
             paths.append(plots.first_layer(to_numpy(weight), info.image_shape, os.path.join(folder, "first_layer.png"),
                                            show=show))
-        history = engine.read_history()
+        history = read_history(c["model_file"], engine.log)
         if history:
             paths.append(plots.training_curves(history, os.path.join(folder, "curves.png"), show))
     for path in paths:

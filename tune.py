@@ -47,11 +47,12 @@ import warnings
 import numpy as np
 
 from config import LOCAL_KEYS, apply_override, changes, validate
-from engine import Engine, Interrupted, checkpoint_path, stop_requests
+from engine import Engine, Interrupted, stop_requests
 from errors import ConfigError, DataError
 from log import Logger
 from model import build_model
 from parallel import available_cores
+from runfiles import checkpoint_path
 from utils import atomic_write, check_writable
 
 try:

@@ -242,7 +242,7 @@ def _open_temp(path):
 def _download_into(out, base, name, expected, log):
     """Replace the content of the open file `out` with `<base><name>.gz`; check its digest."""
     filename = f"{name}.gz"
-    log.info(f"downloading {filename} from {base}")
+    log.info(f"{'copying' if base.lower().startswith('file://') else 'downloading'} {filename} from {base}")
     out.seek(0)
     out.truncate()  # `out` may hold what a previous, failed mirror sent
     with urllib.request.urlopen(base + filename, timeout=TIMEOUT_S) as response:

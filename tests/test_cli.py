@@ -225,7 +225,8 @@ def test_a_progress_bar_on_a_terminal_plain_lines_elsewhere(tmp_path, monkeypatc
     monkeypatch.undo()
     bar = re.search(r"\r20/20 \[={30}\] loss \d\.\d{4} acc (\d+\.\d\d)% \d+ ex/s eta 0s\x1b\[K", outputs["terminal"])
     assert bar, outputs["terminal"]
-    epoch = re.search(r"\r\x1b\[Kepoch 1/1  train loss \d\.\d{4} acc (\d+\.\d\d)%  valid", outputs["terminal"])
+    epoch = re.search(r"\r\x1b\[Kepoch 1/1  train \(running\) loss \d\.\d{4} acc (\d+\.\d\d)%  valid",
+                      outputs["terminal"])
     assert epoch and epoch[1] == bar[1]                          # the bar's accuracy, as the epoch line prints it
     assert "\r" not in outputs["pipe"] and "20/20" not in outputs["pipe"]
     lines = [line for line in outputs["pipe -v"].splitlines() if re.match(r"\d+/20 ", line)]

@@ -1,7 +1,7 @@
 """The logger: verbosity levels, the log file, and progress on a terminal and off it."""
 import io
 
-from log import Logger, fmt, progress_bar
+from log import Logger, epoch_line, fmt, fmt_seconds, progress_bar
 
 
 class Terminal(io.StringIO):
@@ -58,3 +58,17 @@ def test_a_bar_of_unknown_total_and_a_full_one():
 
 def test_fmt():
     assert fmt(0.12345) == "0.1235" and fmt(-2.0) == "-2.0000" and fmt(0.00001234) == "1.2340e-05"
+
+
+def test_durations_under_ten_seconds_keep_two_decimals():
+    assert fmt_seconds(0.004) == "0.00s" and fmt_seconds(0.42) == "0.42s" and fmt_seconds(9.5) == "9.50s"
+    assert fmt_seconds(10) == "10.0s" and fmt_seconds(41.24) == "41.2s"
+
+
+def test_the_epoch_line_says_the_train_figures_are_running_ones():
+    record = {"epoch": 3, "train_loss": 0.12344, "train_accuracy": 0.965, "valid_loss": 0.11112,
+              "valid_accuracy": 0.968, "lr": 0.1, "seconds": 0.421}
+    assert epoch_line(record, 30) == ("epoch 3/30  train (running) loss 0.1234 acc 96.50%  "
+                                      "valid loss 0.1111 acc 96.80%  lr 0.1  0.42s")
+    record.update(valid_loss=None, valid_accuracy=None, seconds=12.34)
+    assert epoch_line(record, 30) == "epoch 3/30  train (running) loss 0.1234 acc 96.50%  lr 0.1  12.3s"
