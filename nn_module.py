@@ -110,21 +110,7 @@ class NNModule:
 
     `needs_grad_x = False` lets a layer whose input is the data skip computing dL/dx (a third
     of a first Linear layer's work) and return None; the trainer sets it, tests never do.
-
-    `per_example = True` says that the output for each example depends on that example alone
-    and that the layer draws no random numbers, so a batch may be cut into slices that run
-    through it apart (parallel.py does, on every CPU core). Each slice runs in a shallow copy
-    of the layer, which shares params, state and every other attribute's object with it: its
-    forward and backward may rebind attributes and write into grads, never write into anything
-    else they did not make in the same call. False, the safe default, keeps the batch whole; a
-    subclass inherits its parent's value.
-    `worth_splitting = True` adds that the layer does much work outside matrix products, on
-    large arrays (convolution, pooling); parallel.py splits the batches only of networks that
-    hold such a layer (an MLP's time goes to its products).
     """
-
-    per_example = False
-    worth_splitting = False
 
     def __init__(self, dtype=np.float32):
         self.dtype = np.dtype(dtype)
@@ -181,8 +167,6 @@ class Linear(NNModule):
     Params: weight (n_in, n_out), bias (n_out,).
     """
 
-    per_example = True
-
     def __init__(self, n_in, n_out, init="he", std=0.01, dtype=np.float32, rng=None):
         super().__init__(dtype)
         self.n_in, self.n_out = check_int("n_in", n_in, 1), check_int("n_out", n_out, 1)
@@ -217,8 +201,6 @@ class Linear(NNModule):
 class ReLU(NNModule):
     """y = max(x, 0). Any shape."""
 
-    per_example = True
-
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
         self.mask = None
@@ -234,8 +216,6 @@ class ReLU(NNModule):
 @register
 class LeakyReLU(NNModule):
     """y = x where x > 0, else negative_slope * x. Any shape."""
-
-    per_example = True
 
     def __init__(self, negative_slope=0.01, dtype=np.float32):
         super().__init__(dtype)
@@ -256,8 +236,6 @@ class LeakyReLU(NNModule):
 @register
 class Tanh(NNModule):
     """y = tanh(x). Any shape."""
-
-    per_example = True
 
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
@@ -285,8 +263,6 @@ def sigmoid(x, out=None):
 class Sigmoid(NNModule):
     """y = 1 / (1 + exp(-x)). Any shape."""
 
-    per_example = True
-
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
         self.y = None
@@ -306,8 +282,6 @@ class Softmax(NNModule):
     Trained with CrossEntropyLoss, the engine fuses the two into SoftmaxCrossEntropyLoss on
     the logits (the same loss and gradient), which stays finite where a probability underflows.
     """
-
-    per_example = True
 
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
@@ -391,9 +365,6 @@ class Conv2D(NNModule):
     Params: weight (F, C, k, k), bias (F,).
     """
 
-    per_example = True
-    worth_splitting = True
-
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="he", std=0.01,
                  dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -443,9 +414,6 @@ class Conv2D(NNModule):
 class _Pool2D(NNModule):
     """What MaxPool2D and AvgPool2D share: the constructor (a square window, moved by stride
     over each channel of each image) and the repr. Not registered: it is no layer by itself."""
-
-    per_example = True
-    worth_splitting = True
 
     def __init__(self, kernel_size, stride=None, dtype=np.float32):
         super().__init__(dtype)
@@ -531,8 +499,6 @@ class AvgPool2D(_Pool2D):
 class Flatten(NNModule):
     """(N, ...) -> (N, prod(...)); backward restores the shape."""
 
-    per_example = True
-
     def __init__(self, dtype=np.float32):
         super().__init__(dtype)
         self.x_shape = None
@@ -548,8 +514,6 @@ class Flatten(NNModule):
 @register
 class Reshape(NNModule):
     """(N, ...) -> (N, *shape), e.g. shape [1, 28, 28] turns flat MNIST rows into images."""
-
-    per_example = True
 
     def __init__(self, shape, dtype=np.float32):
         super().__init__(dtype)
@@ -578,10 +542,6 @@ class Dropout(NNModule):
     are scaled by 1 / (1 - p), so eval mode is the identity with the same expected output.
     Any shape.
     """
-
-    @property
-    def per_example(self):            # without a mask to draw, y = x
-        return not self.training or self.p == 0
 
     def __init__(self, p=0.5, dtype=np.float32, rng=None):
         super().__init__(dtype)
@@ -613,28 +573,17 @@ def per_channel_dot(a, b):
 
 @register
 class BatchNorm(NNModule):
-    """Batch normalisation: y = gamma * (x - mean) / sqrt(var + eps) + beta, per feature/channel.
+    """Batch normalisation (Ioffe and Szegedy 2015), for each feature or channel:
+        x_hat = (x - mean) / sqrt(var + eps),    y = gamma * x_hat + beta
+    In training, mean and var are the batch's (over N, or N, H and W; var biased) and the
+    running averages move towards them: running = momentum * running + (1 - momentum) * batch
+    (momentum weighs the old value, as in Keras: PyTorch's 0.1 is 0.9 here). Eval mode uses the
+    running averages, kept in `state`: saved, never trained. parallel.SplitBatchNorm computes
+    the same for a batch cut into slices across threads.
 
-    Training uses the batch's mean and (biased) variance over N (and H, W) and updates
-        running = momentum * running + (1 - momentum) * batch statistic
-    (momentum weighs the old value, as in Keras: PyTorch's momentum=0.1 is 0.9 here);
-    eval uses the running averages. Those live in `state`: saved with the model, never trained.
-    In training, forward and backward are each three steps: sums over the examples
-    (`forward_sums`, `backward_sums`), their total over the batch (`*_total`), then the work on
-    each example (`*_finish`); parallel.py runs the first and the last on slices of the batch,
-    in threads, and the total once.
-
-    Args:
-        num_features: C, the features of (N, C) inputs or the channels of (N, C, H, W) ones.
-        momentum: in [0, 1), the weight of the old running value (default 0.9).
-        eps: in (0, 1], added to the variance before its square root (default 1e-5).
-    Shape: (N, C) or (N, C, H, W), C = num_features. Params: gamma (C,), beta (C,).
-    State: running_mean (C,), running_var (C,).
+    Args: num_features C; momentum in [0, 1) (default 0.9); eps in (0, 1], added to var (1e-5).
+    Shape: (N, C) or (N, C, H, W). Params: gamma, beta (C,). State: running_mean, running_var (C,).
     """
-
-    @property
-    def per_example(self):            # eval mode normalises each example with the running averages
-        return not self.training
 
     def __init__(self, num_features, momentum=0.9, eps=1e-5, dtype=np.float32):
         super().__init__(dtype)
@@ -643,104 +592,58 @@ class BatchNorm(NNModule):
         self.eps = check_number("eps", eps, 0, 1, low_open=True)
         self.add_param("gamma", np.ones(num_features))
         self.add_param("beta", np.zeros(num_features))
-        self.state = {"running_mean": np.zeros(num_features, self.dtype),
-                      "running_var": np.ones(num_features, self.dtype)}
-        self.x_hat, self.inv_std, self.mean, self.centred = None, None, None, None
-        self.axes, self.channel_shape, self.batch_stats = None, None, None
+        self.state = {"running_mean": np.zeros(num_features, self.dtype), "running_var": np.ones(num_features, self.dtype)}
+        self.x_hat, self.inv_std, self.axes = None, None, None
 
     def forward(self, x):
-        if not self.training:
-            self.note_layout(x)
-            mean, var = self.state["running_mean"], self.state["running_var"]
-            self.mean, self.centred = None, None
-            return self.normalize(x - mean.reshape(self.channel_shape), var)
-        # y = gamma * (x - mean) / sqrt(var + eps) + beta with the batch's mean and var, in the
-        # three steps that parallel.py runs on slices of a batch (forward_total once, on all sums)
-        return self.forward_finish(self.forward_total([self.forward_sums(x)]))
-
-    def note_layout(self, x):
-        """Checks x, and notes the axes along which a channel's values lie and the shape that
-        broadcasts a (C,) array over x."""
         if x.ndim not in (2, 4) or x.shape[1] != self.num_features:
             raise ValueError(f"num_features is {self.num_features}, but the input has shape {shape_text(x)}; "
                              f"expected (N, C) or (N, C, H, W) with C = {self.num_features}")
-        self.axes = (0,) if x.ndim == 2 else (0, 2, 3)
-        self.channel_shape = (1, -1) + (1,) * (x.ndim - 2)
-        self.batch_stats = self.training
+        self.axes = (0,) if x.ndim == 2 else (0, 2, 3)            # where one channel's values lie
+        if not self.training:
+            return self.normalize(x - self.per_channel(self.state["running_mean"]), self.state["running_var"])
+        m = x.size // self.num_features                             # values a channel
+        mean = x.mean(axis=self.axes)
+        centred = x - self.per_channel(mean)
+        var = per_channel_dot(centred, centred) / m                 # mean((x - mean)^2)
+        self.track(mean, var, m)
+        return self.normalize(centred, var)
 
-    def forward_sums(self, x):
-        """Training, step 1, on the batch or a slice of it: per channel, the number of values,
-        their mean and the sum of their squared deviations from it."""
-        self.note_layout(x)
-        self.mean = x.mean(axis=self.axes)
-        self.centred = x - self.mean.reshape(self.channel_shape)
-        return x.size // self.num_features, self.mean, per_channel_dot(self.centred, self.centred)
-
-    def forward_total(self, sums):
-        """Training, step 2, once a batch: its mean and (biased) variance from its slices' sums
-        (the pairwise formula of Chan, Golub and LeVeque: each slice's squared deviations, moved
-        to the batch's mean; for the whole batch, its own two-pass mean and variance); the
-        running averages move towards them."""
-        count = sum(n for n, _, _ in sums)
-        if len(sums) == 1:                                         # the whole batch
-            _, mean, squares = sums[0]
-            var = squares / count
-        else:
-            mean = sum(n / count * slice_mean for n, slice_mean, _ in sums)
-            var = sum(squares + n * (slice_mean - mean) ** 2 for n, slice_mean, squares in sums) / count
-        if count > 1:                                              # one value per channel has no variance
+    def track(self, mean, var, count):
+        """Moves the running averages towards the batch's (one value a channel has no variance)."""
+        if count > 1:
             for key, batch in (("running_mean", mean), ("running_var", var)):
-                self.state[key] *= self.momentum                 # running = momentum running + (1 - momentum) batch
+                self.state[key] *= self.momentum                   # momentum running + (1 - momentum) batch
                 self.state[key] += (1 - self.momentum) * batch
-        return mean, var
-
-    def forward_finish(self, total):
-        """Training, step 3, on the x of step 1 (which kept what it needs): y, from the batch's
-        mean and variance."""
-        mean, var = total
-        if mean is not self.mean:                                  # a slice: deviations from the batch's mean
-            self.centred -= (mean - self.mean).reshape(self.channel_shape)
-        return self.normalize(self.centred, var)
 
     def normalize(self, centred, var):
-        """y from x - mean (`centred`, which becomes x_hat in place) and the variance."""
-        self.inv_std = (var + self.eps) ** -0.5                    # 1 / sqrt(var + eps), (C,)
-        centred *= self.inv_std.reshape(self.channel_shape)
+        """y from centred = x - mean, a new array that becomes x_hat in place."""
+        self.inv_std = (var + self.eps) ** -0.5                    # kept, with x_hat, for backward
         self.x_hat = centred
-        y = self.x_hat * self.params["gamma"].reshape(self.channel_shape)
-        y += self.params["beta"].reshape(self.channel_shape)
+        self.x_hat *= self.per_channel(self.inv_std)
+        y = self.x_hat * self.per_channel(self.params["gamma"])
+        y += self.per_channel(self.params["beta"])
         return y
 
     def backward(self, grad_y):
-        total = self.backward_total([self.backward_sums(grad_y)])
-        if not self.batch_stats:                                   # running mean and var are constants
-            return grad_y * (self.params["gamma"] * self.inv_std).reshape(self.channel_shape)
-        return self.backward_finish(grad_y, total)
+        self.grads["beta"][...] = grad_y.sum(axis=self.axes)                  # dL/dbeta = sum dL/dy
+        self.grads["gamma"][...] = per_channel_dot(grad_y, self.x_hat)        # dL/dgamma = sum dL/dy x_hat
+        return self.grad_x(grad_y, self.grads["beta"], self.grads["gamma"], grad_y.size // self.num_features)
 
-    def backward_sums(self, grad_y):
-        """Step 1 of backward, on the batch or a slice: per channel, the number of values,
-        sum(dL/dy) and sum(dL/dy * x_hat)."""
-        return grad_y.size // self.num_features, np.sum(grad_y, axis=self.axes), per_channel_dot(grad_y, self.x_hat)
-
-    def backward_total(self, sums):
-        """Step 2, once a batch: dL/dbeta and dL/dgamma (the sums over the batch) into grads."""
-        counts, grad_betas, grad_gammas = zip(*sums)
-        # sum(rest, first): with one part (a whole batch) that is the part itself, not 0 + part
-        self.grads["beta"][...] = sum(grad_betas[1:], grad_betas[0])
-        self.grads["gamma"][...] = sum(grad_gammas[1:], grad_gammas[0])
-        return sum(counts), self.grads["beta"], self.grads["gamma"]
-
-    def backward_finish(self, grad_y, total):
-        """Step 3, in training, on the grad_y of step 1: dL/dx.
-
-        mean and var depend on x. With m values per channel in the batch, and since sum(dL/dx_hat)
-        = gamma * dL/dbeta and sum(dL/dx_hat * x_hat) = gamma * dL/dgamma:
-        dL/dx = gamma * inv_std * (dL/dy - dL/dbeta / m - x_hat * dL/dgamma / m)"""
-        m, grad_beta, grad_gamma = total
-        per_channel = lambda v: v.reshape(self.channel_shape)           # (C,) broadcast over grad_y
-        grad_x = grad_y - per_channel(grad_beta / m) - self.x_hat * per_channel(grad_gamma / m)
-        grad_x *= per_channel(self.params["gamma"] * self.inv_std)
+    def grad_x(self, grad_y, grad_beta, grad_gamma, m):
+        """dL/dx from the batch's dL/dbeta and dL/dgamma, m values a channel. In training mean and
+        var depend on x; as sum(dL/dx_hat) = gamma dL/dbeta, sum(dL/dx_hat x_hat) = gamma dL/dgamma:
+            dL/dx = gamma * inv_std * (dL/dy - dL/dbeta / m - x_hat * dL/dgamma / m)"""
+        scale = self.per_channel(self.params["gamma"] * self.inv_std)
+        if not self.training:                                      # mean and var are constants
+            return grad_y * scale
+        grad_x = grad_y - self.per_channel(grad_beta / m)
+        grad_x -= self.x_hat * self.per_channel(grad_gamma / m)
+        grad_x *= scale
         return grad_x
+
+    def per_channel(self, v):                                      # (C,) -> (1, C) or (1, C, 1, 1)
+        return v.reshape((1, -1) + (1,) * (len(self.axes) - 1))
 
     def extra_repr(self):
         return f"num_features={self.num_features}, momentum={self.momentum}, eps={self.eps}"
@@ -779,9 +682,6 @@ class Recurrent(NNModule):
     Shape: x (N, T, n_in) -> y (N, T, H) with return_sequences, else (N, H).
     """
 
-    # per example, but not worth_splitting: each time step works on small arrays, and two
-    # threads would mostly wait on each other for Python's lock (gru.json: 1.25x slower)
-    per_example = True
     blocks = 1
     biases = ("bias",)
 

@@ -1,7 +1,7 @@
 """The batch split across threads (parallel.py): the numbers of one thread, up to rounding.
 
-A layer that says `per_example` must give every slice of a batch what the whole batch gives
-it; a model split across threads must compute what it computes in one, gradients included;
+A layer the split treats by example (parallel.BY_EXAMPLE) must give every slice of a batch
+what the whole batch gives it; SplitBatchNorm must give what BatchNorm gives; a model split across threads must compute what it computes in one, gradients included;
 and a training run on threads must be as reproducible (and resumable) as one without.
 """
 import inspect
@@ -14,8 +14,9 @@ import engine
 from gradcheck import away_from_kinks
 from main import main
 from model import build_model
-from nn_module import NNModule, get_module
-from parallel import BatchSplit, batch_slices, stages
+import parallel
+from nn_module import LAYERS, BatchNorm, NNModule, get_module
+from parallel import BatchSplit, SplitBatchNorm, batch_slices, by_example, stages
 from test_device import interrupted_run, saved_arrays, write_config
 from test_gradients import LAYER_CASES, check_module
 
@@ -50,7 +51,7 @@ def sliced_differences(layer, x, g, slices):
 @pytest.mark.parametrize("name,arguments,shape", [(n, a, s) for n, cases in LAYER_CASES.items() for a, s in cases])
 def test_per_example_layers_treat_each_example_apart(name, arguments, shape, training):
     layer = build_layer(name, arguments, training)
-    if not layer.per_example:
+    if not by_example(layer):
         pytest.skip(f"{name} in {'training' if training else 'eval'} mode needs the whole batch")
     rng = np.random.default_rng(1)
     x = away_from_kinks((5, *shape), rng)
@@ -60,10 +61,83 @@ def test_per_example_layers_treat_each_example_apart(name, arguments, shape, tra
 
 def test_the_slice_check_catches_a_layer_that_needs_the_whole_batch():
     layer = build_layer("BatchNorm", {"num_features": 3}, training=True)      # averages over the batch
-    assert not layer.per_example
+    assert not by_example(layer)
     rng = np.random.default_rng(1)
     x, g = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
     assert min(sliced_differences(layer, x, g, batch_slices(6, 2))[:2]) > 1e-3
+
+
+def test_every_built_in_layer_is_placed_by_the_split():
+    """A new built-in layer must be named in the split's table, or be one that needs the batch."""
+    for name, cls in LAYERS.items():
+        assert cls in parallel.BY_EXAMPLE or name in ("BatchNorm", "Dropout"), name
+    assert parallel.WORTH_SPLITTING <= parallel.BY_EXAMPLE
+
+
+def test_a_layer_of_your_own_keeps_the_batch_whole():
+    class Centre(NNModule):                        # needs no flag: the split never cuts its batch
+        def forward(self, x):
+            return x - x.mean(axis=0)
+
+    class MyLinear(get_module("Linear")):          # a subclass may change forward: whole too
+        pass
+
+    layers = [Centre(), MyLinear(3, 2), get_module("ReLU")()]
+    assert stages(layers) == [("whole", 0, 1), ("whole", 1, 2), ("examples", 2, 3)]
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    np.testing.assert_array_equal(BatchSplit(layers[:1], 2).forward(x), x - x.mean(axis=0))
+
+
+def split_batch_norm(layer, x, g, parts):
+    """SplitBatchNorm's y, dL/dx and dL/dparams on x cut into `parts` slices, run in threads."""
+    runner = BatchSplit([layer], 2)
+    slices = batch_slices(len(x), parts)
+    replicas = [parallel.replica(layer) for _ in slices]
+    split = SplitBatchNorm(layer, runner.run)
+    y = np.concatenate(split.forward(replicas, [x[s] for s in slices]))
+    grad_x = np.concatenate(split.backward(replicas, [g[s] for s in slices]))
+    return y, grad_x, {k: v.copy() for k, v in layer.grads.items()}
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (8, 3, 4, 5)])
+def test_split_batch_norm_computes_what_batch_norm_computes(shape):
+    rng = np.random.default_rng(6)
+    x, g = rng.normal(2.0, 3.0, size=shape), rng.normal(size=shape)
+    textbook = build_layer("BatchNorm", {"num_features": 3}, training=True)
+    textbook.params["gamma"][...], textbook.params["beta"][...] = rng.normal(size=3), rng.normal(size=3)
+    y, grad_x = textbook.forward(x), textbook.backward(g)
+    for parts in (1, 3):
+        layer = build_layer("BatchNorm", {"num_features": 3}, training=True)
+        layer.params["gamma"][...], layer.params["beta"][...] = textbook.params["gamma"], textbook.params["beta"]
+        split_y, split_grad_x, grads = split_batch_norm(layer, x, g, parts)
+        same = np.testing.assert_array_equal if parts == 1 else (
+            lambda a, b, **kw: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, **kw))
+        same(split_y, y)                                           # a whole batch: the same bits
+        same(split_grad_x, grad_x)
+        for key in textbook.grads:
+            same(grads[key], textbook.grads[key], err_msg=key)
+        for key in textbook.state:                                  # running averages moved once, alike
+            same(layer.state[key], textbook.state[key], err_msg=key)
+
+
+def test_split_batch_norm_agrees_with_central_differences():
+    """dL/dx and dL/dparams of SplitBatchNorm on 3 slices, against float64 central differences."""
+    rng = np.random.default_rng(7)
+    x, g = rng.normal(size=(7, 2, 3, 3)), rng.normal(size=(7, 2, 3, 3))
+    layer = build_layer("BatchNorm", {"num_features": 2}, training=True)
+    loss = lambda: float(np.sum(split_batch_norm(layer, x, g, 3)[0] * g))
+    _, grad_x, grads = split_batch_norm(layer, x, g, 3)
+    for array, analytic in [(x, grad_x)] + [(layer.params[k], grads[k]) for k in grads]:
+        numeric = np.zeros_like(array)
+        for index in np.ndindex(array.shape):
+            keep = array[index]
+            array[index] = keep + 1e-6
+            up = loss()
+            array[index] = keep - 1e-6
+            numeric[index] = (up - loss()) / 2e-6
+            array[index] = keep
+        error = np.abs(analytic - numeric).max() / max(np.abs(analytic).max() + np.abs(numeric).max(), 1e-12)
+        assert error < 1e-6
 
 
 def test_batch_slices_cover_the_batch_in_order():
@@ -88,7 +162,7 @@ def test_every_layer_runs_on_slices_in_threads(name, arguments, shape):
     """Each layer alone in a BatchSplit of 3 threads (7 examples: slices of 1 and 2, taken by
     whichever thread comes first) gives the whole batch's output, dL/dx and dL/dparams."""
     whole, split = build_layer(name, arguments, True), build_layer(name, arguments, True)
-    if not whole.per_example and not hasattr(whole, "forward_sums"):
+    if not by_example(whole) and type(whole) is not BatchNorm:
         whole.eval(), split.eval()                               # Dropout: per example once it draws no mask
     rng = np.random.default_rng(1)
     x = away_from_kinks((7, *shape), rng)
@@ -105,15 +179,14 @@ def test_every_layer_runs_on_slices_in_threads(name, arguments, shape):
 
 
 class FailsOnNegative(NNModule):
-    per_example = True
-
     def forward(self, x):
         if (x < 0).any():
             raise ValueError("a negative input")
         return x
 
 
-def test_an_error_in_any_thread_reaches_the_caller():
+def test_an_error_in_any_thread_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(parallel, "BY_EXAMPLE", {FailsOnNegative})
     x = np.ones((8, 3))
     x[-1, 0] = -1                                                # only the last slice fails
     runner = BatchSplit([FailsOnNegative()], 2)
@@ -198,15 +271,14 @@ def test_threads_must_be_a_positive_integer(tmp_path, mnist_data_dir, capsys):
 
 
 class Overflows(NNModule):
-    per_example = True
-
     def forward(self, x):
         return x * np.float32(1e30)
 
 
-def test_numpy_error_settings_hold_in_every_thread():
+def test_numpy_error_settings_hold_in_every_thread(monkeypatch):
     """The engine ignores overflow while it checks the loss itself (np.errstate); the pool's
     threads must too, or their warnings would come before the one error line."""
+    monkeypatch.setattr(parallel, "BY_EXAMPLE", {Overflows})
     runner, x = BatchSplit([Overflows()], 2), np.full((8, 3), 1e30, np.float32)
     with np.errstate(over="ignore"), warnings.catch_warnings():
         warnings.simplefilter("error")                  # a warning in any thread raises
