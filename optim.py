@@ -27,7 +27,9 @@ def register(cls):
 
 
 def check_number(name, value, low, high, low_open=False, high_open=False):
-    """Accepts ints and floats (never bools) in the interval given; brackets follow the flags."""
+    """Accepts ints and floats (never bools) in the interval given; brackets follow the flags.
+    nn_module.check_number's twin, kept twice on purpose: optimizers never import the layers,
+    and nn_module.py imports only numpy, so each file reads on its own."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low < value if low_open else low <= value) and (value < high if high_open else value <= high)
     if not ok:

@@ -34,6 +34,7 @@ This is the only module that imports Optuna; nothing else in the project needs i
 """
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -86,12 +87,12 @@ def run(config_path, raw, config, log):
     plan = make_plan(config_path, raw, config)
     study, created = open_study(plan)
     add_slots(study, plan, created)
-    grid = " (grid: every combination once, whatever tune.trials says)" if plan["sampler"] == "grid" else ""
-    log.info(f"study {plan['name']} in {plan['shown_url']}: {plan['trials']} trials{grid}, "
-             f"{plan['workers']} worker{'s' if plan['workers'] > 1 else ''} here")
+    grid = " (grid: every combination once, whatever tune.trials says)" if plan.sampler == "grid" else ""
+    log.info(f"study {plan.name} in {plan.shown_url}: {plan.trials} trials{grid}, "
+             f"{plan.workers} worker{'s' if plan.workers > 1 else ''} here")
     failed = []
     try:
-        if plan["workers"] == 1:
+        if plan.workers == 1:
             work(plan, study, log)
         else:
             failed = run_workers(plan, log)
@@ -104,9 +105,35 @@ def run(config_path, raw, config, log):
     return 1 if failed else 0
 
 
+@dataclasses.dataclass
+class Plan:
+    """Everything a worker needs, checked before any trial (plain data: it travels to worker
+    processes). `heartbeat` alone changes later: a command on an existing study takes the
+    study's own (use_stored_heartbeat)."""
+    config_path: str        # the config file, for the paths inside it
+    raw: dict               # the config with the --set strings applied, without task and tune
+    space: dict             # key -> checked entry (parse_entry)
+    name: str               # the study's name
+    folder: str             # model_file without .pkl: the default database and the studies' folders
+    study_folder: str       # this study's trial models and best.json
+    plot_dir: str           # this study's pictures
+    url: str                # the database's URL
+    shown_url: str          # the same without its password
+    storage_given: bool     # tune.storage was given (else the SQLite file in `folder`)
+    trials: int
+    workers: int
+    sampler: str
+    pruner: str
+    threads: int            # each trial's threads: the workers share the cores
+    heartbeat: float
+    seed: int
+    log_level: int
+    log_file: str
+
+
 def make_plan(config_path, raw, config):
-    """Everything a worker needs, as plain data (it travels to worker processes), checked. `raw`
-    is the config file with the `--set` strings applied (config.read_raw), `config` its validation."""
+    """The Plan of a tune command. `raw` is the config file with the `--set` strings applied
+    (config.read_raw), `config` its validation."""
     c, t = config, config["tune"]
     if not t or not t["space"]:
         raise ConfigError('tune.space: the tune task needs a search space, e.g. "tune": {"space": '
@@ -136,13 +163,12 @@ def make_plan(config_path, raw, config):
                               "as {\"choices\": [...]}, or use tpe or random")
         trials = int(np.prod([len(entry["choices"]) for entry in space.values()]))    # each combination once
     url = t["storage"] or "sqlite:///" + os.path.abspath(os.path.join(folder, "study.db"))
-    return {"config_path": config_path, "raw": raw, "space": space, "folder": folder, "url": url,
-            "study_folder": os.path.join(folder, name), "storage_given": t["storage"] is not None,
-            "shown_url": shown(url), "name": name,
-            "trials": trials, "workers": t["workers"], "sampler": t["sampler"], "pruner": t["pruner"],
-            "threads": c["threads"] or max(1, available_cores() // t["workers"]),   # the workers share the cores
-            "heartbeat": t["heartbeat"], "seed": c["seed"], "plot_dir": os.path.join(c["plot_dir"], name),
-            "log_level": c["log_level"], "log_file": c["log_file"]}
+    return Plan(config_path=config_path, raw=raw, space=space, name=name, folder=folder,
+                study_folder=os.path.join(folder, name), plot_dir=os.path.join(c["plot_dir"], name),
+                url=url, shown_url=shown(url), storage_given=t["storage"] is not None,
+                trials=trials, workers=t["workers"], sampler=t["sampler"], pruner=t["pruner"],
+                threads=c["threads"] or max(1, available_cores() // t["workers"]),
+                heartbeat=t["heartbeat"], seed=c["seed"], log_level=c["log_level"], log_file=c["log_file"])
 
 
 def parse_entry(key, entry):
@@ -237,37 +263,37 @@ def shown(url):
 # ---- the study in its database -----------------------------------------------------------------
 
 def open_study(plan):
-    """(the study in plan["url"], whether this call created it); ConfigError if the database
+    """(the study in plan.url, whether this call created it); ConfigError if the database
     cannot be reached."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)          # the trial lines below say it all
-    url = plan["url"]
-    if not plan["storage_given"]:               # the SQLite file in the study's folder, made here
+    url = plan.url
+    if not plan.storage_given:               # the SQLite file in the study's folder, made here
         try:
-            os.makedirs(plan["folder"], exist_ok=True)
+            os.makedirs(plan.folder, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"model_file: cannot create the study's folder {plan['folder']}: {err.strerror}") from None
+            raise ConfigError(f"model_file: cannot create the study's folder {plan.folder}: {err.strerror}") from None
     if url.startswith("postgresql://"):         # SQLAlchemy 2.1 would look for psycopg 3; we install psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     connect = {"timeout": 60} if url.startswith("sqlite") else {"connect_timeout": 10} if url.startswith(
         "postgresql") else {}                                      # sqlite: wait for other workers' writes
     try:
-        storage = rdb_storage(url, plan["heartbeat"], connect)
+        storage = rdb_storage(url, plan.heartbeat, connect)
         try:                                    # the database lets one command create it
-            study, created = optuna.create_study(study_name=plan["name"], storage=storage, direction="maximize",
+            study, created = optuna.create_study(study_name=plan.name, storage=storage, direction="maximize",
                                                  pruner=make_pruner(plan)), True
         except optuna.exceptions.DuplicatedStudyError:
-            study, created = optuna.load_study(study_name=plan["name"], storage=storage,
+            study, created = optuna.load_study(study_name=plan.name, storage=storage,
                                                pruner=make_pruner(plan)), False
         if created:                             # the heartbeat last: a command that loads it waits for it
-            study.set_user_attr("space", plan["space"])
-            study.set_user_attr("config", plan["raw"])
-            study.set_user_attr("heartbeat", plan["heartbeat"])
+            study.set_user_attr("space", plan.space)
+            study.set_user_attr("config", plan.raw)
+            study.set_user_attr("heartbeat", plan.heartbeat)
         else:
             use_stored_heartbeat(study, storage, plan)
         study.sampler = make_sampler(plan)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"tune.storage: cannot open the database {plan['shown_url']}: {reason}") from None
+        raise ConfigError(f"tune.storage: cannot open the database {plan.shown_url}: {reason}") from None
     if not created:
         check_unchanged(study, plan)
     return study, created
@@ -281,16 +307,16 @@ PLACE_KEYS = LOCAL_KEYS + ("model_file", "plot_dir", "data_dir")
 def check_unchanged(study, plan):
     """A study's trials are comparable, and best.json is the config its best trial trained, only
     if every command runs the search space and the base config the study was created with."""
-    name, stored = plan["name"], study.user_attrs
-    if "space" in stored and stored["space"] != plan["space"]:
-        old, new = stored["space"], plan["space"]
+    name, stored = plan.name, study.user_attrs
+    if "space" in stored and stored["space"] != plan.space:
+        old, new = stored["space"], plan.space
         changed = [f"{key}: {json.dumps(old.get(key))} -> {json.dumps(new.get(key))}"
                    for key in [*new, *(k for k in old if k not in new)] if old.get(key) != new.get(key)]
         raise ConfigError(f"tune.space: study {name} was created with another search space ({'; '.join(changed)}); "
                           f"use its space, or another tune.study")
     if "config" in stored:
-        changed = changes(trial_config(stored["config"], {}, plan["config_path"]),
-                          trial_config(plan["raw"], {}, plan["config_path"]), ignore=PLACE_KEYS)
+        changed = changes(trial_config(stored["config"], {}, plan.config_path),
+                          trial_config(plan.raw, {}, plan.config_path), ignore=PLACE_KEYS)
         if changed:
             raise ConfigError(f"study {name} was created with another config ({'; '.join(changed)}); "
                               f"use its config, or another tune.study")
@@ -308,8 +334,8 @@ def use_stored_heartbeat(study, storage, plan):
     """Every command on a study uses the heartbeat it was created with, since each one decides
     when the others' trials are stale; waits for the command that creates it to have stored it."""
     wait_for_attribute(study, ("heartbeat", "trials"))
-    heartbeat = study.user_attrs.get("heartbeat", plan["heartbeat"])
-    plan["heartbeat"], storage.heartbeat_interval, storage.grace_period = heartbeat, heartbeat, 2 * heartbeat
+    heartbeat = study.user_attrs.get("heartbeat", plan.heartbeat)
+    plan.heartbeat, storage.heartbeat_interval, storage.grace_period = heartbeat, heartbeat, 2 * heartbeat
 
 
 def rdb_storage(url, heartbeat, connect, tries=3):
@@ -331,11 +357,11 @@ def make_sampler(plan):
     """The sampler, with a seed of this process's own (from the study's seed, the machine's name
     and the process id), so that no two workers, here or elsewhere, draw the same values. The
     draws of a search are not repeatable; each trial is (its values and seed are in the storage)."""
-    text = f"{plan['seed']} {socket.gethostname()} {os.getpid()}"
+    text = f"{plan.seed} {socket.gethostname()} {os.getpid()}"
     seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-    if plan["sampler"] == "grid":
-        return optuna.samplers.GridSampler({key: e["choices"] for key, e in plan["space"].items()}, seed=seed)
-    if plan["sampler"] == "random":
+    if plan.sampler == "grid":
+        return optuna.samplers.GridSampler({key: e["choices"] for key, e in plan.space.items()}, seed=seed)
+    if plan.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)   # running trials count as middling
 
@@ -343,7 +369,7 @@ def make_sampler(plan):
 def make_pruner(plan):
     """median: after 5 finished trials, stop a trial whose validation accuracy at an epoch is
     below the median of the other trials' at that epoch."""
-    return optuna.pruners.MedianPruner() if plan["pruner"] == "median" else optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner() if plan.pruner == "median" else optuna.pruners.NopPruner()
 
 
 def slot_trials(study):
@@ -369,16 +395,16 @@ def add_slots(study, plan, created):
     if not created:
         wait_for_attribute(study, ("trials",))
     planned = study.user_attrs.get("trials", 0)
-    if plan["trials"] < planned:
-        raise ConfigError(f"tune.trials: study {plan['name']} already has {planned} trials; "
-                          f"expected {planned} or more, got {plan['trials']}")
+    if plan.trials < planned:
+        raise ConfigError(f"tune.trials: study {plan.name} already has {planned} trials; "
+                          f"expected {planned} or more, got {plan.trials}")
     have = slot_trials(study)
     with stop_requests() as stop:               # Ctrl-C waits for the few writes below
-        for slot in range(plan["trials"]):
+        for slot in range(plan.trials):
             if slot not in have:
                 study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, user_attrs={"slot": slot}))
-        if plan["trials"] != planned:
-            study.set_user_attr("trials", plan["trials"])
+        if plan.trials != planned:
+            study.set_user_attr("trials", plan.trials)
     if stop.is_set():
         raise interrupted(plan)
 
@@ -387,14 +413,14 @@ def add_slots(study, plan, created):
 
 def interrupted(plan):
     """The Interrupted that a stopped command raises."""
-    return Interrupted(f"interrupted: rerun the same command to continue study {plan['name']}")
+    return Interrupted(f"interrupted: rerun the same command to continue study {plan.name}")
 
 
 def work(plan, study, log):
     """Runs WAITING trials until none is left and no other worker's trial is running (one of
     them may stop beating and come back as WAITING). SIGINT or SIGTERM stops the running trial,
     which is queued again, and raises Interrupted."""
-    trial_log = Logger(max(0, plan["log_level"] - 1), plan["log_file"])   # -v shows the trials' epochs
+    trial_log = Logger(max(0, plan.log_level - 1), plan.log_file)   # -v shows the trials' epochs
     try:
         with stop_requests() as stop:
             while not stop.is_set():
@@ -403,7 +429,7 @@ def work(plan, study, log):
                 if TrialState.WAITING in states:
                     run_one_trial(plan, study, log, trial_log, stop)
                 elif TrialState.RUNNING in states:
-                    stop.wait(min(5, plan["heartbeat"]))
+                    stop.wait(min(5, plan.heartbeat))
                 else:
                     return
     finally:
@@ -435,7 +461,7 @@ def run_one_trial(plan, study, log, trial_log, stop):
             told_elsewhere = isinstance(err, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
             if told_elsewhere and taken_over(study, frozen.number):    # "Cannot tell a FAIL trial." and the like
                 log.warning(f"trial {frozen.number} was taken over by another worker (its heartbeat was "
-                            f"over {2 * plan['heartbeat']} s old)")
+                            f"over {2 * plan.heartbeat} s old)")
                 return
             if told_elsewhere and frozen.state.is_finished():
                 # SQLite cannot lock a row, so two workers may take the same waiting trial at the same
@@ -459,9 +485,9 @@ def train_trial(plan, study, trial, trial_log, stop):
     if slot is None or holds_slot_elsewhere(study, trial, slot):
         trial.set_user_attr("surplus", True)
         raise Surplus(f"trial {trial.number}: no slot left to run")
-    params = {key: suggest(trial, key, entry) for key, entry in plan["space"].items()}
-    seed = trial_seed(plan["seed"], slot)
-    model_file = os.path.join(plan["study_folder"], f"trial_{trial.number}.pkl")
+    params = {key: suggest(trial, key, entry) for key, entry in plan.space.items()}
+    seed = trial_seed(plan.seed, slot)
+    model_file = os.path.join(plan.study_folder, f"trial_{trial.number}.pkl")
     trial.set_user_attr("seed", seed)
 
     def on_epoch(record):
@@ -474,8 +500,8 @@ def train_trial(plan, study, trial, trial_log, stop):
                                          f"at epoch {record['epoch']}")
 
     try:
-        config = trial_config(plan["raw"], params, plan["config_path"], seed=seed, model_file=model_file,
-                              threads=plan["threads"])
+        config = trial_config(plan.raw, params, plan.config_path, seed=seed, model_file=model_file,
+                              threads=plan.threads)
         engine = Engine(config, trial_log)
         with engine.device_errors():                 # a GPU too small for this trial fails it, in one line
             history = engine.train(on_epoch=on_epoch)
@@ -528,7 +554,7 @@ def run_workers(plan, log):
     context = multiprocessing.get_context("spawn")    # a fresh interpreter: no database connection shared
     errors = context.SimpleQueue()
     processes = [context.Process(target=worker_process, args=(plan, errors), name=f"worker {i}")
-                 for i in range(plan["workers"])]
+                 for i in range(plan.workers)]
     for p in processes:
         p.start()
 
@@ -548,7 +574,7 @@ def run_workers(plan, log):
     for p in processes:
         if p.exitcode < 0:
             log.warning(f"{p.name} was killed by signal {-p.exitcode}; its trial runs again once its heartbeat "
-                        f"is {2 * plan['heartbeat']} s old")
+                        f"is {2 * plan.heartbeat} s old")
     messages = []
     while not errors.empty():
         messages.append(errors.get())
@@ -563,7 +589,7 @@ def worker_process(plan, errors):
     """One worker process: exit status 0 done, 130 interrupted, 2 with its message in `errors`."""
     os.setsid()
     threading.Thread(target=stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
-    log = Logger(plan["log_level"], plan["log_file"])
+    log = Logger(plan.log_level, plan.log_file)
     try:
         work(plan, open_study(plan)[0], log)
     except ConfigError as err:
@@ -614,11 +640,11 @@ def report(plan, study, log):
     count = {state: sum(t.state == state for t in finals) for state in TrialState}
     complete = sorted((t for t in finals if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
     unfinished = "".join(f", {count[s]} {s.name.lower()}" for s in (TrialState.RUNNING, TrialState.WAITING) if count[s])
-    log.result(f"study {plan['name']}: {len(finals)} trials, {count[TrialState.COMPLETE]} complete, "
+    log.result(f"study {plan.name}: {len(finals)} trials, {count[TrialState.COMPLETE]} complete, "
                f"{count[TrialState.PRUNED]} pruned, {count[TrialState.FAIL]} failed{unfinished}")
     if not complete:
         return
-    keys = list(plan["space"])
+    keys = list(plan.space)
     rows = [["trial", "valid", "epoch", "seconds", *keys]]
     for t in complete[:BEST_SHOWN]:
         rows.append([str(t.number), f"{100 * t.value:.2f}%", str(t.user_attrs["best_epoch"]),
@@ -637,9 +663,9 @@ def report(plan, study, log):
 
 def write_best(plan, trial):
     """best.json: the config of `trial` (its values and seed), without the tune section."""
-    raw = with_params(plan["raw"], trial.params)
+    raw = with_params(plan.raw, trial.params)
     raw["seed"] = trial.user_attrs["seed"]
-    path = os.path.join(plan["study_folder"], "best.json")
+    path = os.path.join(plan.study_folder, "best.json")
     with atomic_write(path, "w") as f:
         json.dump(raw, f, indent=2)
         f.write("\n")
@@ -655,7 +681,7 @@ def draw(plan, study, log):
     paths = []
     for name, picture in (("history", pictures.plot_optimization_history),
                           ("importances", pictures.plot_param_importances), ("slice", pictures.plot_slice)):
-        path = os.path.join(plan["plot_dir"], f"tune_{name}.png")
+        path = os.path.join(plan.plot_dir, f"tune_{name}.png")
         try:
             with warnings.catch_warnings():          # matplotlib's notes on a parameter with one value tried
                 warnings.simplefilter("ignore", UserWarning)

@@ -264,7 +264,7 @@ def test_a_study_keeps_the_heartbeat_it_was_created_with(tmp_path, capsys, mnist
     assert main([config, "--task", "tune"]) == 0
     plan = plan_of(config, ["tune.heartbeat=7"])
     study = tune.open_study(plan)[0]
-    assert study.user_attrs["heartbeat"] == 1 and plan["heartbeat"] == 1
+    assert study.user_attrs["heartbeat"] == 1 and plan.heartbeat == 1
     assert study._storage.get_heartbeat_interval() == 1 and study._storage._backend.grace_period == 2
 
 
@@ -451,5 +451,5 @@ def test_workers_stop_when_their_command_is_killed(tmp_path, mnist_data_dir):
 def test_the_workers_share_the_cores(tmp_path, mnist_data_dir, monkeypatch):
     monkeypatch.setattr(tune, "available_cores", lambda: 8)
     config = tune_config(tmp_path, mnist_data_dir, workers=3)
-    assert plan_of(config)["threads"] == 2                                # 8 cores, 3 workers
-    assert plan_of(config, ["threads=3"])["threads"] == 3
+    assert plan_of(config).threads == 2                                # 8 cores, 3 workers
+    assert plan_of(config, ["threads=3"]).threads == 3
