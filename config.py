@@ -25,10 +25,10 @@ from model import default_names
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
 
-TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck", "tune")
+TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck", "tune", "watch")
 
 DEFAULTS = {
-    "task": "train",            # train | test | plot | summary | predict | gradcheck | tune
+    "task": "train",            # train | test | plot | summary | predict | gradcheck | tune | watch
     "dataset": "mnist",         # a name in datasets.DATASETS: mnist, fashion_mnist, npz, csv or your own
     "dataset_args": {},         # the dataset's arguments, e.g. {"path": "my_data.npz"} for npz
     "data_dir": "data",         # where downloaded data is cached
@@ -60,6 +60,8 @@ DEFAULTS = {
     "input": [],                # predict: image files (PNG, JPEG or .npy)
     "save_prepared": False,     # predict: write the 28x28 image fed to the network into plot_dir
     "augment": None,            # None: off; {"shift": pixels, "rotate": degrees, "scale": fraction}
+    "watch": None,              # None: off; {"every": N} records every layer every N training batches (watch.py)
+    "tensorboard": None,        # None: off; a folder for TensorBoard's event files, one subfolder a run (board.py)
     "tune": None,               # tune task: the search space and the study, see TUNE_DEFAULTS and tune.py
 }
 AUGMENT_DEFAULTS = {"shift": 0, "rotate": 0, "scale": 0}   # a key missing from "augment"
@@ -77,7 +79,8 @@ TUNE_DEFAULTS = {
 # keys that say how a command runs here, not what a model trains: what it prints and draws, the
 # images it predicts, its device and threads. A tune study's other machines and a resumed run may
 # set them their own way (tune.PLACE_KEYS, Engine.load_checkpoint add their own)
-LOCAL_KEYS = ("log_level", "log_file", "plot", "show", "input", "save_prepared", "device", "threads")
+LOCAL_KEYS = ("log_level", "log_file", "plot", "show", "input", "save_prepared", "device", "threads", "watch",
+              "tensorboard")
 
 # What other tools (Keras, PyTorch, scikit-learn) call a key or argument of this project, in lower
 # case. Spelling alone would lead elsewhere: difflib suggests 'decay_rate' for 'learning_rate'.
@@ -230,6 +233,8 @@ CHECKS = {
     "save_prepared": _boolean(),
     "augment": _optional(_object({"shift": _integer(0), "rotate": _number(0, 180), "scale": _number(0, 0.5)},
                                  AUGMENT_DEFAULTS)),
+    "watch": _optional(_object({"every": _integer(1)}, {"every": 50})),
+    "tensorboard": _optional(_string()),
     "tune": _optional(_object({"space": _object_of_anything(), "trials": _integer(1), "workers": _integer(1),
                                "sampler": _choice(("tpe", "random", "grid")), "pruner": _choice(("median", "none")),
                                "study": _optional(_string()), "storage": _optional(_string()),

@@ -16,6 +16,7 @@ downloaded; only `npz` and `csv` datasets are read first, to learn their shapes.
 """
 import contextlib
 import math
+import os
 import signal
 import threading
 import time
@@ -24,7 +25,8 @@ import numpy as np
 
 import runfiles
 import tasks
-from backend import device_errors, get_backend, map_arrays
+from board import Board
+from backend import device_errors, get_backend, map_arrays, to_numpy
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError
@@ -32,6 +34,7 @@ from log import epoch_line, fmt
 from model import build_trainable, forward_in_eval_mode
 from optim import OPTIMIZERS, clip_grad_norm, learning_rate
 from utils import check_writable, save_model, training_lock
+from watch import Watcher, diagnose
 
 EXPLODING = 10      # a batch loss this many times the run's first one is reported as exploding
 
@@ -85,11 +88,12 @@ def new_progress():
                        since it improved, and whether early stopping ended training;
     history:           one record per finished epoch (see `Engine.train`);
     first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
-                       times it was reported (see `Engine.warn_if_exploding`).
+                       times it was reported (see `Engine.warn_if_exploding`);
+    watch:             the watch records so far (watch.py), with "watch" in the config.
     """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
             "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": [],
-            "first_loss": None, "warned_exploding": False}
+            "first_loss": None, "warned_exploding": False, "watch": []}
 
 
 def train_step(model, loss, optimizer, x, y, clip_norm=None):
@@ -203,6 +207,8 @@ class Engine:
         self.backend.place(model, self.rng, c["threads"]).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
+        watcher = Watcher(model, c["watch"]["every"], to_numpy) if c["watch"] else None
+        board = Board(c["tensorboard"], os.path.splitext(os.path.basename(c["model_file"]))[0]) if c["tensorboard"] else None
         x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data("train")))
         where = f" on {self.backend.describe()}" if self.backend.name != "cpu" else ""
         self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}{where}; "
@@ -214,7 +220,7 @@ class Engine:
                 optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
                                              c["start_epoch_decay"], c["warmup_epochs"])
                 start = time.perf_counter()
-                self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop)
+                self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop, watcher, board)
                 if replaces:         # kept until this run writes files of its own, so a failed start loses nothing
                     runfiles.remove_checkpoint(c["model_file"])
                     replaces = False
@@ -228,6 +234,11 @@ class Engine:
                 progress["history"].append(record)
                 self.log.info(epoch_line(record, c["num_epochs"]))
                 runfiles.save_history(c["model_file"], progress["history"])
+                if watcher:
+                    runfiles.save_watch(c["model_file"], {"every": watcher.every, "layout": watcher.layout(),
+                                                          "records": progress.setdefault("watch", [])})
+                if board:
+                    board.epoch(record)
                 progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
                 if c["patience"] and progress["stale"] >= c["patience"]:
                     self.log.info(f"early stop: no better validation accuracy in {progress['stale']} validations")
@@ -237,6 +248,10 @@ class Engine:
         if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
         self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
+        if board:
+            board.close()
+        for line in diagnose({"layout": watcher.layout(), "records": progress["watch"]}) if watcher else ():
+            self.log.warning(line)
         self.log.info(f"saved model to {c['model_file']}" if not len(x_valid) else
                       f"the model in {c['model_file']} is the one with the best validation accuracy, "
                       f"{100 * progress['best_accuracy']:.2f}%")
@@ -250,9 +265,10 @@ class Engine:
         else:
             progress["stale"] += 1
 
-    def train_epoch(self, model, loss, optimizer, x, y, progress, stop):
+    def train_epoch(self, model, loss, optimizer, x, y, progress, stop, watcher=None, board=None):
         """Runs train_step on the epoch's remaining mini-batches, in the shuffled order
-        `progress["order"]`, and keeps the running loss and accuracy in `progress`."""
+        `progress["order"]`, and keeps the running loss and accuracy in `progress`; `watcher`
+        records the batches it is due for into progress["watch"], `board` writes each batch."""
         c, epoch = self.config, progress["epoch"]
         if progress["order"] is None:
             progress["order"] = self.rng.permutation(len(x))
@@ -266,13 +282,21 @@ class Engine:
             xb, yb = x[index], y[index]
             if c["augment"]:                                   # training batches only
                 xb = random_affine(xb, self.info.image_shape, random, **c["augment"])
+            step = (epoch - 1) * batches + b                   # the run's training batch, from 0
             with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
+                look = watcher.look(loss, xb, yb) if watcher and watcher.due(step) else None
                 value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
+                if look:
+                    progress.setdefault("watch", []).append(watcher.keep(look, step, epoch, b + 1, optimizer.lr, value))
             if not math.isfinite(value):
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
                                       f"in {c['model_file']}")
             self.warn_if_exploding(value, progress, b + 1, optimizer.lr)
+            if board:
+                board.batch(step, value, optimizer.lr)
+                if look:
+                    board.watch(watcher.layout(), progress["watch"][-1])
             progress["loss_sum"] += value * len(index)
             correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1

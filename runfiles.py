@@ -1,11 +1,13 @@
-"""The run's files: its checkpoint and its history, both beside `model_file`.
+"""The run's files: its checkpoint, its history and its watch record, all beside `model_file`.
 
 A run that saves `model.pkl` also keeps
   * `model.ckpt`, its checkpoint: the weights, the optimizer's state, the random generator's
     state and the progress (`engine.new_progress`), all --resume needs to go on where it was;
   * `model.history.json`, its history: one record per finished epoch (see `Engine.train`),
-    which the plot task draws as training curves.
-Both are written atomically (utils.atomic_write): a run cut off while writing leaves the old
+    which the plot task draws as training curves;
+  * `model.watch.json`, with `"watch"` in the config, its watch record (watch.py): what every
+    layer did every few batches, which the plot and watch tasks draw and judge.
+All are written atomically (utils.atomic_write): a run cut off while writing leaves the old
 file whole. The checkpoint is a model file (utils.save_model) with three more keys, read back
 through the same restricted unpickler.
 
@@ -128,3 +130,28 @@ def save_history(model_file, history):
     """Writes the history (a list of epoch records) as JSON, atomically."""
     with atomic_write(history_path(model_file), "w") as f:
         json.dump(history, f, indent=1)
+
+
+def watch_path(model_file):
+    """Where the watch record of the run that saves `model_file` goes: beside it, as .watch.json."""
+    return os.path.splitext(model_file)[0] + ".watch.json"
+
+
+def read_watch(model_file, log):
+    """The saved watch record ({"every", "layout", "records"}; see watch.py), or None (with a
+    warning if it exists but cannot be read)."""
+    path = watch_path(model_file)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning(f"{path}: cannot read the watch record ({err})")
+        return None
+
+
+def save_watch(model_file, watch):
+    """Writes the watch record as JSON, atomically."""
+    with atomic_write(watch_path(model_file), "w") as f:
+        json.dump(watch, f)

@@ -1,5 +1,5 @@
-"""The tasks that look at a network instead of training it: test, summary, plot, predict and
-gradcheck (whose machinery is gradcheck.py's).
+"""The tasks that look at a network instead of training it: test, summary, plot, predict,
+gradcheck (whose machinery is gradcheck.py's) and watch (watch.py's).
 
 Each is a function of the engine (engine.py), which holds the config, the dataset and the
 checks; `TASKS` maps the config's "task" to it. Training is the engine's own.
@@ -15,8 +15,9 @@ from datasets.prepare import prepare_image
 from errors import ConfigError, DataError, ModelFileError
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
-from runfiles import read_history
+from runfiles import read_history, read_watch, watch_path
 from utils import atomic_write, check_writable, load_model
+from watch import diagnose
 
 
 def load_trained(engine):
@@ -176,7 +177,27 @@ def gradcheck_task(engine):
     return gradcheck.run(engine.config, engine.info.input_shape, engine.log)
 
 
-TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict, "gradcheck": gradcheck_task}
+def watch_task(engine):
+    """Judges the watch record a training run with "watch" left beside `model_file`: one line a
+    problem, with its evidence and a hint (watch.diagnose), or one line saying none was found."""
+    model_file = engine.config["model_file"]
+    watch = read_watch(model_file, engine.log)
+    if watch is None:
+        raise ConfigError(f"model_file: no watch record at {watch_path(model_file)}; train with "
+                          f"\"watch\": {{\"every\": 50}} in the config (or --set watch.every=50) first")
+    records = watch["records"]
+    epochs = records[-1]["epoch"] if records else 0
+    engine.log.result(f"{watch_path(model_file)}: {len(records)} records of {len(watch['layout'])} layers, "
+                      f"every {watch['every']} batches, {epochs} epoch{'s' if epochs != 1 else ''}")
+    lines = diagnose(watch)
+    for line in lines or ["no problem found: no dead or saturated layer, no vanishing or exploding gradient, "
+                          "update-to-weight ratios between 1e-5 and 1e-1"]:
+        engine.log.result(line)
+    return lines
+
+
+TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict, "gradcheck": gradcheck_task,
+         "watch": watch_task}
 
 
 def first_layer_weight(model, image_shape):

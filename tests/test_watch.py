@@ -1,0 +1,184 @@
+"""Watching a network learn (watch.py, board.py): the record changes nothing, goes on with
+--resume, names the problems of networks built to fail (and none of the shipped configs'), and
+reaches TensorBoard's own reader."""
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+
+import runfiles
+import watch
+from backend import to_numpy
+from main import main
+from model import build_trainable, evaluating
+from optim import OPTIMIZERS
+from engine import train_step
+from utils import load_model
+from strict_device import StrictBackend, tally
+from test_device import interrupted_run, saved_arrays, stand_in, write_config  # noqa: F401  (a fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def mlp(activation, sizes, **linear):
+    """A named MLP: fc1, act1, fc2, act2, ..., fc<last>."""
+    network = {}
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:]), 1):
+        network[f"fc{i}"] = {"class": "Linear", "n_in": n_in, "n_out": n_out, **linear}
+        if i < len(sizes) - 1:
+            network[f"act{i}"] = {"class": activation}
+    return network
+
+
+def trained_diagnosis(tmp_path, mnist_data_dir, capsys, name, **keys):
+    """The lines that training with watch printed, and the saved record."""
+    config = write_config(tmp_path, mnist_data_dir, name, **{
+        "augment": None, "clip_grad_norm": None, "train_size": 2000, "num_epochs": 2, "watch": {"every": 5},
+        "optimizer": {"name": "sgd"}, "loss": "SoftmaxCrossEntropyLoss", **keys})
+    capsys.readouterr()
+    assert main([config]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    return lines, runfiles.read_watch(str(tmp_path / f"{name}.pkl"), None)
+
+
+def test_a_deep_sigmoid_network_has_vanishing_gradients(tmp_path, mnist_data_dir, capsys):
+    lines, _ = trained_diagnosis(tmp_path, mnist_data_dir, capsys, "sigmoid", batch_size=10, lr=0.1,
+                                 network=mlp("Sigmoid", [784] + [30] * 6 + [10], init="xavier"))
+    assert any(line.startswith("warning: fc1.weight: its gradients are") and "vanishing" in line for line in lines), lines
+
+
+def test_a_relu_network_with_an_lr_far_too_high_is_told_so(tmp_path, mnist_data_dir, capsys):
+    lines, _ = trained_diagnosis(tmp_path, mnist_data_dir, capsys, "relu", lr=1.0,
+                                 network=mlp("ReLU", [784, 100, 100, 10]))
+    assert any(line.startswith("warning: act1: ") and "(dead ReLUs): try a lower lr" in line for line in lines), lines
+    assert not any("vanishing" in line or "too low" in line for line in lines), lines
+
+
+def test_a_tanh_network_with_weights_scaled_up_is_saturated(tmp_path, mnist_data_dir, capsys):
+    lines, _ = trained_diagnosis(tmp_path, mnist_data_dir, capsys, "tanh", lr=0.01,
+                                 network=mlp("Tanh", [784, 100, 100, 10], init="normal", std=1.0))
+    assert any(line.startswith("warning: act1: ") and "saturated" in line for line in lines), lines
+
+
+SHIPPED = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.json")) if "tune" not in os.path.basename(p))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_the_shipped_configs_give_no_false_alarm(path, tmp_path, mnist, mnist_data_dir, capsys):
+    """Each shipped network, watched for two epochs on 3,000 MNIST images at its own lr,
+    optimizer and schedule, reports only what is true. The conv nets' dense ReLU does lose most
+    of its units in the first steps; each such line is checked against 1,000 other images,
+    on which the trained model's units must be off for every image, as many as reported."""
+    shipped = json.load(open(path))
+    shipped["dataset"] = "mnist"                  # the same networks; MNIST is at hand in every test run
+    shipped.update(data_dir=str(mnist_data_dir), model_file=str(tmp_path / "m.pkl"), log_level=0, num_epochs=2,
+                   train_size=3000, valid_size=1000, watch={"every": 3}, plot_dir=None)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(shipped))
+    capsys.readouterr()
+    assert main([str(config)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    record = runfiles.read_watch(str(tmp_path / "m.pkl"), None)
+    steps = 2 * -(-3000 // shipped.get("batch_size", 100))
+    assert len(record["records"]) == -(-steps // 3)
+    names = [entry["name"] for entry in record["layout"]]
+    model, _ = load_model(str(tmp_path / "m.pkl"))
+    x = mnist["x_train"][-1000:].astype(np.float32)
+    for line in lines:
+        match = re.fullmatch(r"warning: (\S+): (\d+)% of its units gave 0 for every example .* \(dead ReLUs\).*", line)
+        assert match, line                                                 # dead ReLUs are the only finding
+        layer, reported = names.index(match[1]), int(match[2]) / 100
+        with evaluating(model):
+            for i in range(layer + 1):
+                x = model.layers[i].forward(x)
+        assert np.all(x.reshape(len(x), -1) == 0, axis=0).mean() > reported - 0.15, line
+
+
+def test_recording_changes_nothing_on_threads(tmp_path, mnist_data_dir):
+    plain = write_config(tmp_path, mnist_data_dir, "plain", threads=2)
+    watched = write_config(tmp_path, mnist_data_dir, "watched", threads=2, watch={"every": 2})
+    assert main([plain]) == 0 and main([watched]) == 0
+    a, b = saved_arrays(tmp_path / "plain.pkl"), saved_arrays(tmp_path / "watched.pkl")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    record = runfiles.read_watch(str(tmp_path / "watched.pkl"), None)
+    assert [r["step"] for r in record["records"]] == list(range(0, 24, 2))     # 2 epochs of 12 batches
+    assert [entry["type"] for entry in record["layout"]][:3] == ["Reshape", "Conv2D", "BatchNorm"]
+
+
+def test_recording_changes_nothing_on_the_stand_in(tmp_path, mnist_data_dir, stand_in):
+    plain = write_config(tmp_path, mnist_data_dir, "plain")
+    watched = write_config(tmp_path, mnist_data_dir, "watched", watch={"every": 3})
+    assert main([plain, "--device", "gpu"]) == 0 and main([watched, "--device", "gpu"]) == 0
+    a, b = saved_arrays(tmp_path / "plain.pkl"), saved_arrays(tmp_path / "watched.pkl")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_record_costs_one_copy_to_the_host(stand_in):
+    network = json.load(open(os.path.join(ROOT, "configs", "cnn.json")))["network"]
+    model, loss = build_trainable(network, "SoftmaxCrossEntropyLoss", np.float32, np.random.default_rng(0))
+    device = StrictBackend()
+    device.place(model, np.random.default_rng(2), 1).pack()
+    rng = np.random.default_rng(1)
+    x, y = device.to_device(rng.random((8, 784), dtype=np.float32)), device.to_device(rng.integers(0, 10, 8))
+    watcher = watch.Watcher(model, 1, to_numpy)
+    optimizer = OPTIMIZERS["momentum"](lr=0.05)
+    tally.clear()
+    look = watcher.look(loss, x, y)
+    train_step(model, loss, optimizer, x, y)
+    before = tally["host copies"]
+    record = watcher.keep(look, 0, 1, 1, 0.05, 2.3)
+    assert tally["host copies"] - before == 1
+    assert len(record["layers"]) == len(network)
+
+
+def test_the_record_goes_on_with_resume(tmp_path, mnist_data_dir, monkeypatch):
+    whole = write_config(tmp_path, mnist_data_dir, "whole", watch={"every": 2})
+    cut = write_config(tmp_path, mnist_data_dir, "cut", watch={"every": 2})
+    assert main([whole]) == 0
+    assert interrupted_run(monkeypatch, [cut]) == 130
+    assert main([cut, "--resume"]) == 0
+    a = runfiles.read_watch(str(tmp_path / "whole.pkl"), None)
+    b = runfiles.read_watch(str(tmp_path / "cut.pkl"), None)
+    assert a == b and len(a["records"]) == 12
+
+
+def test_a_histogram_counts_every_value_in_its_range():
+    a = np.linspace(-1, 2, 300, dtype=np.float32).reshape(10, 30)
+    low, high, counts = watch.histogram(a)
+    assert (float(low), float(high)) == (-1.0, 2.0)
+    assert counts.sum() == 300 and (counts == 10).all()
+    big = np.random.default_rng(0).normal(size=watch.SAMPLE * 3 + 5)
+    assert watch.histogram(big)[2].sum() <= watch.SAMPLE
+
+
+def test_tensorboard_shows_the_run(tmp_path, mnist_data_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    config = write_config(tmp_path, mnist_data_dir, "board", watch={"every": 4}, tensorboard=str(tmp_path / "runs"))
+    assert main([config]) == 0
+    events = EventAccumulator(str(tmp_path / "runs" / "board"), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    history = json.load(open(tmp_path / "board.history.json"))
+    accuracy = [event.value for event in events.Scalars("epoch/valid_accuracy")]
+    np.testing.assert_allclose(accuracy, [r["valid_accuracy"] for r in history], rtol=1e-6)
+    assert len(events.Scalars("train/loss")) == 24                               # every batch
+    assert "network[1]/weight" in tags["histograms"] and "network[1]/weight_grad" in tags["histograms"]
+    histogram = events.Histograms("network[1]/output")[0].histogram_value
+    assert histogram.num > 0 and histogram.min < histogram.max
+    assert [event.step for event in events.Histograms("network[2]/gamma_grad")] == [0, 4, 8, 12, 16, 20]
+
+
+def test_tensorboard_without_its_package_or_folder_is_one_error_line(tmp_path, mnist_data_dir, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    config = write_config(tmp_path, mnist_data_dir, "board", tensorboard=str(tmp_path / "a_file"))
+    assert main([config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: tensorboard: cannot write") and err.count("\n") == 1, err
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)                        # as if not installed
+    assert main([config]) == 2
+    assert capsys.readouterr().err.startswith("error: tensorboard: writing TensorBoard's files needs the tensorboardX")
+    assert not (tmp_path / "board.pkl").exists()
