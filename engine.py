@@ -26,7 +26,7 @@ import numpy as np
 import runfiles
 import tasks
 from board import Board
-from backend import device_errors, get_backend, map_arrays, to_numpy
+from backend import device_errors, get_backend, map_arrays
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError
@@ -207,9 +207,10 @@ class Engine:
         self.backend.place(model, self.rng, c["threads"]).pack()
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
-        watcher = Watcher(model, c["watch"]["every"], to_numpy) if c["watch"] else None
         board = Board(c["tensorboard"], os.path.splitext(os.path.basename(c["model_file"]))[0]) if c["tensorboard"] else None
         x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data("train")))
+        watcher = Watcher(model, c["watch"]["every"], math.ceil(len(x_train) / c["batch_size"]),
+                          progress.setdefault("watch", [])) if c["watch"] else None
         where = f" on {self.backend.describe()}" if self.backend.name != "cpu" else ""
         self.log.info(f"training on {len(x_train)} examples, validating on {len(x_valid)}{where}; "
                       f"{sum(p.size for p in model.params.values()):,} parameters"
@@ -235,8 +236,7 @@ class Engine:
                 self.log.info(epoch_line(record, c["num_epochs"]))
                 runfiles.save_history(c["model_file"], progress["history"])
                 if watcher:
-                    runfiles.save_watch(c["model_file"], {"every": watcher.every, "layout": watcher.layout(),
-                                                          "records": progress.setdefault("watch", [])})
+                    runfiles.save_watch(c["model_file"], watcher.record())
                 if board:
                     board.epoch(record)
                 progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)
@@ -250,7 +250,7 @@ class Engine:
         self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
         if board:
             board.close()
-        for line in diagnose({"layout": watcher.layout(), "records": progress["watch"]}) if watcher else ():
+        for line in diagnose(watcher.record()) if watcher else ():
             self.log.warning(line)
         self.log.info(f"saved model to {c['model_file']}" if not len(x_valid) else
                       f"the model in {c['model_file']} is the one with the best validation accuracy, "
@@ -268,7 +268,7 @@ class Engine:
     def train_epoch(self, model, loss, optimizer, x, y, progress, stop, watcher=None, board=None):
         """Runs train_step on the epoch's remaining mini-batches, in the shuffled order
         `progress["order"]`, and keeps the running loss and accuracy in `progress`; `watcher`
-        records the batches it is due for into progress["watch"], `board` writes each batch."""
+        records the batches it is due for, `board` writes each batch."""
         c, epoch = self.config, progress["epoch"]
         if progress["order"] is None:
             progress["order"] = self.rng.permutation(len(x))
@@ -287,7 +287,7 @@ class Engine:
                 look = watcher.look(loss, xb, yb) if watcher and watcher.due(step) else None
                 value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
                 if look:
-                    progress.setdefault("watch", []).append(watcher.keep(look, step, epoch, b + 1, optimizer.lr, value))
+                    watcher.keep(look, step, epoch, b + 1, optimizer.lr, value)
             if not math.isfinite(value):
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
                                       f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
@@ -296,7 +296,7 @@ class Engine:
             if board:
                 board.batch(step, value, optimizer.lr)
                 if look:
-                    board.watch(watcher.layout(), progress["watch"][-1])
+                    board.watch(watcher.layout(), watcher.records[-1])
             progress["loss_sum"] += value * len(index)
             correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1

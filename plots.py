@@ -108,11 +108,18 @@ def mistakes(x, y, probs, class_names, image_shape, path, count=30, show=False):
     return save(plt, fig, path, show)
 
 
-def first_layer(weight, image_shape, path, count=64, show=False):
+def first_layer(weight, image_shape, path, count=64, show=False, initial=None):
     """The first layer's weights as pictures: of a Linear layer, each unit's incoming weights as an
     image; of a Conv2D layer, each filter's weights on its first input channel. At most `count`
-    are drawn: the units or filters whose weights have the largest L2 norm, titled by their index."""
+    are drawn: the units or filters whose weights have the largest L2 norm, titled by their index.
+
+    With `initial`, the same layer's weights before training, a Linear layer is drawn as what
+    training changed, weight - initial: in a wide layer the random initial weights, which
+    training moves only a little, hide the strokes each unit learned to look for."""
     plt = pyplot(show)
+    change = initial is not None and weight.ndim == 2
+    if change:
+        weight = weight - initial
     if weight.ndim == 2:                                     # Linear: (n_in, n_out)
         kind, units = "units", [weight[:, j].reshape(image_shape) for j in range(weight.shape[1])]
         norms = np.linalg.norm(weight, axis=0)
@@ -120,15 +127,134 @@ def first_layer(weight, image_shape, path, count=64, show=False):
         kind, units = "filters", [weight[f, 0] for f in range(weight.shape[0])]
         norms = np.linalg.norm(weight.reshape(len(weight), -1), axis=1)
     chosen = np.argsort(-norms, kind="stable")[:count]
-    limit = max(abs(units[j]).max() for j in chosen)
-    tiles = [units[j] / limit for j in chosen]               # one shared scale: red > 0, blue < 0
-    fig = image_grid(plt, tiles, [str(j) for j in chosen], columns=8)
+    limit = max(abs(units[j]).max() for j in chosen)         # one scale for every tile: 0 is white
+    fig = image_grid(plt, [units[j] for j in chosen], [str(j) for j in chosen], columns=8)
     for ax in fig.axes:
         for im in ax.get_images():
             im.set_cmap("RdBu_r")
-            im.set_clim(-1, 1)
+            im.set_clim(-limit, limit)
     which = f"all {len(units)} {kind}" if len(chosen) == len(units) else \
-        f"the {len(chosen)} of {len(units)} {kind} with the largest weights (L2 norm)"
-    fig.suptitle(f"first layer weights: {which}", fontsize=9)
+        f"the {len(chosen)} of {len(units)} {kind} that {'changed most' if change else 'have the largest weights'}"
+    what = "change of each unit's weights in training (final - initial)" if change else "weights"
+    fig.suptitle(f"first layer, {what}: {which} (L2 norm)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    bar = fig.colorbar(fig.axes[0].get_images()[0], cax=fig.add_axes((0.92, 0.1, 0.015, 0.8)))
+    bar.set_label("change: red grew, blue shrank" if change else "weight: red > 0, blue < 0", fontsize=8)
+    return save(plt, fig, path, show)
+
+
+# ---- the watch record (watch.py): what every layer did while the network trained ----------
+
+def layer_colours(plt, count):
+    """One colour a layer, from dark (the first) to light (the last), so network order shows."""
+    return plt.cm.viridis(np.linspace(0, 0.85, max(count, 1)))
+
+
+def epochs_of(watch):
+    """Each record's place in training, in epochs (0.5: half way through the first)."""
+    batches = watch.get("batches_per_epoch")
+    return [r["step"] / batches if batches else r["step"] for r in watch["records"]], \
+        "epoch" if batches else "training batch"
+
+
+def over_training(plt, watch, series, ylabel, title, path, show, log=True, guide=None, ylim=None):
+    """One line per entry of `series` ([(label, values per record, layer index, solid)], in
+    network order) against training time: a colour a layer, solid for weights and dashed for
+    the layer's other parameters. `guide`, a (value, label), is drawn as a black dashed line."""
+    x, xlabel = epochs_of(watch)
+    colours = layer_colours(plt, len(watch["layout"]))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    for label, values, layer, solid in series:
+        ax.plot(x, [np.nan if v is None else v for v in values], color=colours[layer], lw=1.4 if solid else 1,
+                ls="-" if solid else "--", label=label)
+    if guide:
+        ax.axhline(guide[0], color="black", ls=":", lw=1.5, label=guide[1])
+    if log:
+        ax.set_yscale("log")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both" if log else "major")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="in network order",
+              title_fontsize=8)
+    fig.tight_layout()
+    return save(plt, fig, path, show)
+
+
+def watch_gradients(watch, path, show=False):
+    """Nielsen's speed of learning: the norm of each weight's gradient over training, one line
+    a layer. Lines far below the last layer's mean layers that barely learn."""
+    from watch import weights
+    plt = pyplot(show)
+    layout, records = watch["layout"], watch["records"]
+    series = [(f"{layout[i]['name']}.{name}", [r["layers"][i]["params"][name]["grad"] for r in records], i, True)
+              for i, name, _ in weights(layout)]
+    return over_training(plt, watch, series, "gradient norm ||dL/dW|| (log scale)",
+                         "how fast each layer learns: the size of its weights' gradient", path, show)
+
+
+def watch_updates(watch, path, show=False):
+    """The update-to-weight ratio of each parameter over training, with the 1e-3 guide line."""
+    plt = pyplot(show)
+    layout, records = watch["layout"], watch["records"]
+    series = [(f"{entry['name']}.{name}", [r["layers"][i]["params"][name]["ratio"] for r in records], i,
+               len(shape) >= 2)
+              for i, entry in enumerate(layout) for name, shape in zip(entry["params"], entry["shapes"])]
+    return over_training(plt, watch, series, "||w after - w before|| / ||w before|| (log scale)",
+                         "how much each step changes each parameter (update-to-weight ratio)", path, show,
+                         guide=(1e-3, "1e-3, the usual healthy size"))
+
+
+def watch_dead(watch, path, show=False):
+    """The fraction of dead ReLU units and saturated tanh or sigmoid outputs over training;
+    None when the network has no such layer."""
+    plt = pyplot(show)
+    layout, records = watch["layout"], watch["records"]
+    series = [(f"{entry['name']} ({'dead' if entry['type'] == 'ReLU' else 'saturated'})",
+               [None if r["layers"][i]["fraction"] is None else 100 * r["layers"][i]["fraction"] for r in records],
+               i, True)
+              for i, entry in enumerate(layout) if entry["type"] in ("ReLU", "Tanh", "Sigmoid")]
+    if not series:
+        return None
+    path = over_training(plt, watch, series, "% of the layer", "dead ReLU units (0 for every example of a "
+                         "batch) and saturated tanh or sigmoid outputs (within 0.01 of a bound)", path, show, log=False,
+                         ylim=(-3, 103))                     # a line at 0% stays in sight
+    return path
+
+
+def watch_outputs(watch, path, show=False):
+    """Deep Learning from Scratch's figure: each layer's output histogram at the start, the
+    middle and the end of training, a panel a layer in network order, on a log scale so that
+    a bar of 0.1% shows beside one of 90%. Reshape and Flatten, which only rearrange their
+    input, are left out."""
+    plt = pyplot(show)
+    layout, records = watch["layout"], watch["records"]
+    shown = [i for i, entry in enumerate(layout) if entry["type"] not in ("Reshape", "Flatten")]
+    moments = [(0, "start"), (len(records) // 2, "middle"), (len(records) - 1, "end")]
+    x, xlabel = epochs_of(watch)
+    columns = min(5, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, shown):
+        for (k, when), colour in zip(moments, ("#9ecae1", "#3182bd", "#08306b")):
+            hist = records[k]["layers"][i]["hist"]
+            counts = np.asarray(hist["counts"], dtype=float)
+            edges = np.linspace(hist["low"], hist["high"], len(counts) + 1)
+            ax.stairs(100 * counts / counts.sum(), edges, color=colour, lw=1.5,
+                      label=f"{when} ({xlabel} {x[k]:.3g})")
+        ax.set_title(f"{layout[i]['name']} ({layout[i]['type']})", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("output value", fontsize=8)
+        ax.set_yscale("log")                     # a ReLU's spike at 0 beside its few large values
+        ax.set_ylabel("% of values (log)", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    spare = axes.flat[len(shown)] if len(shown) < axes.size else None      # an empty panel holds the legend
+    (spare or fig).legend(handles, labels, fontsize=8, loc="center" if spare else "lower right")
+    fig.suptitle("what each layer gives: its outputs' histogram at the start, middle and end of training",
+                 fontsize=10)
     fig.tight_layout()
     return save(plt, fig, path, show)

@@ -103,10 +103,16 @@ def plot(engine):
             engine.log.info("first_layer.png skipped: the first layer with weights does not read the pixels")
         else:
             paths.append(plots.first_layer(to_numpy(weight), info.image_shape, os.path.join(folder, "first_layer.png"),
-                                           show=show))
+                                           show=show, initial=initial_first_layer(engine, weight)))
         history = read_history(c["model_file"], engine.log)
         if history:
             paths.append(plots.training_curves(history, os.path.join(folder, "curves.png"), show))
+        watch = read_watch(c["model_file"], engine.log)
+        if watch and watch["records"]:
+            drawn = [draw(watch, os.path.join(folder, f"watch_{name}.png"), show) for name, draw in
+                     (("gradients", plots.watch_gradients), ("updates", plots.watch_updates),
+                      ("outputs", plots.watch_outputs), ("dead", plots.watch_dead))]
+            paths += [path for path in drawn if path]          # watch_dead: only with ReLU, tanh or sigmoid
     for path in paths:
         engine.log.result(f"wrote {path}")
     if show:
@@ -211,6 +217,15 @@ def first_layer_weight(model, image_shape):
         if not isinstance(layer, (Reshape, Flatten)):
             return None
     return None
+
+
+def initial_first_layer(engine, weight):
+    """The weights `weight` (first_layer_weight's) had before training, as a host array: the
+    network built again from the config's seed, as training built it first thing."""
+    c = engine.config
+    model = build_model(c["network"], to_numpy(weight).dtype, np.random.default_rng(c["seed"]), c["network_names"])
+    initial = first_layer_weight(model, engine.info.image_shape)
+    return initial if initial is not None and initial.shape == weight.shape else None
 
 
 def confusion_matrix(y, predicted, num_classes):

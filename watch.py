@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from backend import to_numpy
 from nn_module import ReLU, Sigmoid, Tanh
 
 BINS = 30                   # bars of each histogram
@@ -34,10 +35,17 @@ SATURATED = 0.01            # a tanh or sigmoid value this close to a bound is s
 
 
 class Watcher:
-    """Records every `every`th training batch of `model` (whose layers are named `names`)."""
+    """Records every `every`th training batch of `model` into `records` (a list it appends to,
+    which a resumed run hands back); an epoch has `batches` training batches."""
 
-    def __init__(self, model, every, to_numpy):
-        self.model, self.every, self.to_numpy = model, every, to_numpy
+    def __init__(self, model, every, batches, records):
+        self.model, self.every, self.batches, self.records = model, every, batches, records
+
+    def record(self):
+        """The record as saved beside the model (runfiles.save_watch) and read by diagnose and
+        the plots: {"every", "batches_per_epoch", "layout", "records"}."""
+        return {"every": self.every, "batches_per_epoch": self.batches, "layout": self.layout(),
+                "records": self.records}
 
     def layout(self):
         """What the record's lists hold, in order: each layer's name (as the config names it:
@@ -72,12 +80,12 @@ class Watcher:
         return values, before
 
     def keep(self, look, step, epoch, batch, lr, loss_value):
-        """After the real step: the record of batch `step` (a dict of host numbers)."""
+        """After the real step: appends the record of batch `step` (a dict of host numbers)."""
         values, before = look
         after = [p for layer in self.model.layers for p in layer.params.values()]
         ratios = [update_ratio(a, b) for a, b in zip(after, before)]
-        numbers = self.to_numpy(np.concatenate([np.reshape(v, -1).astype(np.float64) for v in values + ratios]))
-        return unpack(iter(numbers.tolist()), self.layout(), step, epoch, batch, lr, loss_value)
+        numbers = to_numpy(np.concatenate([np.reshape(v, -1).astype(np.float64) for v in values + ratios]))
+        self.records.append(unpack(iter(numbers.tolist()), self.layout(), step, epoch, batch, lr, loss_value))
 
 
 def norm(a):

@@ -61,6 +61,7 @@ def test_plot_writes_pictures_that_are_not_blank(trained, tmp_path, capsys):
             assert pixels.shape[:2] == size
         assert min(pixels.shape[:2]) >= 100
         assert pixels[..., :3].var() > 1e-3, name                    # not a blank picture
+    assert not list(plot_dir.glob("watch_*.png"))                    # trained without "watch"
 
 
 def test_plot_without_a_model_is_an_error_unless_asked_for_data_only(tmp_path, capsys, mnist_data_dir):
@@ -268,7 +269,7 @@ def test_summary_names_the_layers_as_the_config_does(tmp_path, capsys):
     assert [row.split(" | ")[0].strip() for row in rows[3:6]] == ["network.hidden", "network.act", "network.out"]
 
 
-def test_plot_epoch_ticks_are_whole_and_the_first_layer_shows_its_strongest_units(tmp_path, capsys, monkeypatch,
+def test_plot_epoch_ticks_are_whole_and_the_first_layer_shows_what_training_changed_most(tmp_path, capsys, monkeypatch,
                                                                                   mnist_data_dir):
     import plots
     network = [{"class": "Linear", "n_in": 784, "n_out": 80}, {"class": "ReLU"},
@@ -287,8 +288,11 @@ def test_plot_epoch_ticks_are_whole_and_the_first_layer_shows_its_strongest_unit
     assert main([config, "--task", "plot", "--set", "plot.count=10"]) == 0
     assert figures["curves.png"]["xticks"] and all(t == int(t) for t in figures["curves.png"]["xticks"])
     layer = figures["first_layer.png"]
-    assert layer["suptitle"] == "first layer weights: the 64 of 80 units with the largest weights (L2 norm)"
+    assert layer["suptitle"] == ("first layer, change of each unit's weights in training (final - initial): "
+                                 "the 64 of 80 units that changed most (L2 norm)")
     from utils import load_model
+    from model import build_model
     weight = load_model(str(tmp_path / "model.pkl"))[0].params["0.weight"]
-    strongest = np.argsort(-np.linalg.norm(weight, axis=0))[:64]
+    initial = build_model(network, np.float32, np.random.default_rng(0)).params["0.weight"]   # the seed's
+    strongest = np.argsort(-np.linalg.norm(weight - initial, axis=0))[:64]
     assert [int(t) for t in layer["titles"]] == strongest.tolist()

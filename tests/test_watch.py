@@ -12,7 +12,6 @@ import pytest
 
 import runfiles
 import watch
-from backend import to_numpy
 from main import main
 from model import build_trainable, evaluating
 from optim import OPTIMIZERS
@@ -124,15 +123,15 @@ def test_a_record_costs_one_copy_to_the_host(stand_in):
     device.place(model, np.random.default_rng(2), 1).pack()
     rng = np.random.default_rng(1)
     x, y = device.to_device(rng.random((8, 784), dtype=np.float32)), device.to_device(rng.integers(0, 10, 8))
-    watcher = watch.Watcher(model, 1, to_numpy)
+    watcher = watch.Watcher(model, 1, 1, [])
     optimizer = OPTIMIZERS["momentum"](lr=0.05)
     tally.clear()
     look = watcher.look(loss, x, y)
     train_step(model, loss, optimizer, x, y)
     before = tally["host copies"]
-    record = watcher.keep(look, 0, 1, 1, 0.05, 2.3)
+    watcher.keep(look, 0, 1, 1, 0.05, 2.3)
     assert tally["host copies"] - before == 1
-    assert len(record["layers"]) == len(network)
+    assert len(watcher.records) == 1 and len(watcher.records[0]["layers"]) == len(network)
 
 
 def test_the_record_goes_on_with_resume(tmp_path, mnist_data_dir, monkeypatch):
@@ -182,3 +181,33 @@ def test_tensorboard_without_its_package_or_folder_is_one_error_line(tmp_path, m
     assert main([config]) == 2
     assert capsys.readouterr().err.startswith("error: tensorboard: writing TensorBoard's files needs the tensorboardX")
     assert not (tmp_path / "board.pkl").exists()
+
+
+def test_plot_draws_the_record(tmp_path, mnist_data_dir, capsys):
+    import matplotlib.image
+    config = write_config(tmp_path, mnist_data_dir, "watched", watch={"every": 3})
+    assert main([config]) == 0 and main([config, "--task", "plot", "--set", f"plot_dir={tmp_path / 'plots'}"]) == 0
+    out = capsys.readouterr().out
+    for name in ("watch_gradients", "watch_updates", "watch_outputs", "watch_dead"):
+        path = tmp_path / "plots" / f"{name}.png"
+        assert f"wrote {path}" in out
+        assert matplotlib.image.imread(str(path))[..., :3].var() > 1e-3, name      # not a blank picture
+
+
+def test_the_initial_weights_are_those_training_started_from(tmp_path, mnist_data_dir):
+    """The first-layer picture's 'change since initialisation' rebuilds the initial weights from
+    the seed: a run whose steps are too small to move a float32 weight must end at them."""
+    import tasks
+    from engine import Engine
+    from config import load_config
+    from log import Logger
+    network = mlp("ReLU", [784, 30, 10])
+    config = write_config(tmp_path, mnist_data_dir, "still", network=network, loss="SoftmaxCrossEntropyLoss",
+                          optimizer={"name": "sgd"}, lr=1e-30, augment=None, clip_grad_norm=None, seed=7)
+    assert main([config]) == 0
+    model, _ = load_model(str(tmp_path / "still.pkl"))
+    weight = model.layers[0].params["weight"]
+    initial = tasks.initial_first_layer(Engine(load_config(config), Logger(0)), weight)
+    assert np.array_equal(initial, weight)
+    other = tasks.initial_first_layer(Engine(load_config(config, ["seed=8"]), Logger(0)), weight)
+    assert not np.array_equal(other, weight)
