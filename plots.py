@@ -133,12 +133,12 @@ def first_layer(weight, image_shape, path, count=64, show=False, initial=None):
         for im in ax.get_images():
             im.set_cmap("RdBu_r")
             im.set_clim(-limit, limit)
-    which = f"all {len(units)} {kind}" if len(chosen) == len(units) else \
+    which = f"all {len(units)} {kind}, the largest first" if len(chosen) == len(units) else \
         f"the {len(chosen)} of {len(units)} {kind} that {'changed most' if change else 'have the largest weights'}"
     what = "change of each unit's weights in training (final - initial)" if change else "weights"
     fig.suptitle(f"first layer, {what}: {which} (L2 norm)", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
-    bar = fig.colorbar(fig.axes[0].get_images()[0], cax=fig.add_axes((0.92, 0.1, 0.015, 0.8)))
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    bar = fig.colorbar(fig.axes[0].get_images()[0], cax=fig.add_axes((0.88, 0.1, 0.015, 0.8)))
     bar.set_label("change: red grew, blue shrank" if change else "weight: red > 0, blue < 0", fontsize=8)
     return save(plt, fig, path, show)
 

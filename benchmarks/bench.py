@@ -37,6 +37,11 @@ items (peak, inference, load, memory).
              path: the numpy operations that compute on device arrays (each launches at least one
              GPU kernel in CuPy; views launch none) and the values copied back to the host (each
              waits for the GPU). A count, not a timing: it needs no GPU and runs with either --device.
+  watch      what `"watch": {"every": 50}` costs (watch.py): the median time of a training step
+             of network1.json and cnn.json on one batch of 100, and of the same step with a
+             record (the watcher's forward and backward pass over a copy of the layers, and its
+             statistics), alternating; the cost is the record's extra time spread over the 50
+             steps it covers, as a share of a step. Target: at most 10%.
   threads    every shipped config trained by main.py for a tenth of an epoch: with no thread
              setting (the project's default: `threads` is every core), with `threads` 1, each
              alone and beside one process that keeps a core busy; the engine's seconds. Checks
@@ -94,7 +99,7 @@ from model import EVAL_BATCH, build_model  # noqa: E402
 from parallel import available_cores  # noqa: E402
 
 EPOCHS = ("mlp", "conv", "lstm", "network1", "cnn")
-NAMES = ("peak", *EPOCHS, "inference", "load", "memory", "launches", "threads")
+NAMES = ("peak", *EPOCHS, "inference", "load", "memory", "launches", "watch", "threads")
 SHIPPED = ("network1", "network2", "cnn", "fashion_mlp", "fashion_cnn", "cnn_augment", "lstm", "gru")
 FRESH = "fresh weights"
 REFERENCE = {
@@ -349,6 +354,41 @@ def launches(data):
     return counts
 
 
+def watch_cost(data, repeats, threads, every=50):
+    """{config: {"step_ms", "recorded_step_ms", "cost"}}: a training step's median time without
+    and with a watch record, alternating in this process, and the record's extra time over
+    `every` steps as a share of a step (see the module docstring)."""
+    from backend import get_backend
+    from engine import train_step
+    from model import build_trainable
+    from watch import Watcher
+    results = {}
+    for name in CONFIGS:
+        c = make_config(name, threads=threads)
+        rng = np.random.default_rng(0)
+        model, loss = build_trainable(c["network"], c["loss"], np.float32, rng, c["network_names"])
+        model.skip_input_grad()                                      # as the engine trains it
+        get_backend("cpu").place(model, rng, threads).pack()
+        optimizer = Engine(c, Logger(0)).build_optimizer()
+        watcher = Watcher(model, every, TRAIN // BATCH, [])
+        x, y = data["x_train"][:BATCH].astype(np.float32), data["y_train"][:BATCH]
+        model.train()
+        step = lambda: train_step(model, loss, optimizer, x, y, c["clip_grad_norm"])
+
+        def recorded_step():
+            look = watcher.look(loss, x, y)
+            step()
+            watcher.keep(look, 0, 1, 1, optimizer.lr, 0.0)
+        plain, recorded = [], []
+        for _ in range(max(10, 5 * repeats)):                       # alternating: both see the same machine
+            plain.append(median_seconds(step, 1))
+            recorded.append(median_seconds(recorded_step, 1))
+        step_s, recorded_s = statistics.median(plain), statistics.median(recorded)
+        results[name] = {"step_ms": 1e3 * step_s, "recorded_step_ms": 1e3 * recorded_s,
+                         "cost": (recorded_s - step_s) / (every * step_s)}
+    return results
+
+
 def table(header, rows):
     """Rows of strings as aligned text: the first column left, the others right."""
     widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header))]
@@ -396,6 +436,9 @@ def measure(args):
             _, r["train_peak_rss_mb"] = run_main("configs/network1.json", "-q", "--set", "num_epochs=1",
                                                  "--set", f"model_file={tmp}/network1.pkl",
                                                  "--set", f"data_dir={args.data_dir}", *quick)
+    if "watch" in args.only:
+        note("watch: a training step with and without a watch record")
+        r["watch"] = watch_cost(data, repeats, args.threads)
     if "threads" in args.only and not args.quick:
         measure_threads(r, args.data_dir)
     return r
@@ -451,6 +494,8 @@ def targets(r):
                    ("default / 1 thread, worst shipped config, busy",
                     max(v["default_busy"] / v["one_busy"] for v in t.values()), "<=", 1.2, "x"),
                    ("cnn.json: 1 thread / all CPUs' threads", t["cnn"]["one"] / t["cnn"]["default"], ">=", 1.7, "x")]
+    checks += [(f"watch every 50: extra time per step, {name}.json", 100 * w["cost"], "<=", 10, "%")
+               for name, w in r.get("watch", {}).items()]
     checks += [("network1 test inference, 10,000 images", r.get("test_seconds"), "<", 0.5, " s"),
               ("peak RSS training network1", r.get("train_peak_rss_mb"), "<", 600, " MB"),
               ("MNIST load from the verified cache", r.get("load_seconds"), "<", 1.0, " s")]
@@ -485,6 +530,11 @@ def report(r):
         rows = [(config, c["kernels"], c["host_copies"]) for config, c in r["launches"].items()]
         lines += ["a training step on the stand-in for a GPU (batch 100):",
                   table(("config", "device operations", "copies to the host"), rows), ""]
+    if r.get("watch"):
+        rows = [(config, fmt(w["step_ms"], ".1f"), fmt(w["recorded_step_ms"], ".1f"), fmt(100 * w["cost"], ".1f", "%"))
+                for config, w in r["watch"].items()]
+        lines += ["a training step (batch 100) without and with a watch record, ms; the cost at every 50:",
+                  table(("config", "step", "recorded step", "cost"), rows), ""]
     if r.get("thread_runs"):
         rows = [(config, fmt(t["default"]), fmt(t["one"]), fmt(t["default_busy"]), fmt(t["one_busy"]))
                 for config, t in r["thread_runs"].items()]

@@ -44,3 +44,13 @@ def test_launches_counts_a_training_step_of_every_shipped_config_on_the_stand_in
     readme = " ".join((ROOT / "README.md").read_text().split())            # the figures it quotes are today's
     assert f"a `cnn.json` training step is {counts['cnn']['kernels']} operations" in readme
     assert f"`network1.json`'s {counts['network1']['kernels']}," in readme
+
+
+def test_watch_reports_what_a_record_costs(bench, tmp_path, mnist_data_dir):
+    results = tmp_path / "results.json"
+    assert bench.main(["--quick", "--only", "watch", "--data-dir", str(mnist_data_dir), "--json", str(results)]) == 0
+    measured = json.loads(results.read_text())
+    assert list(measured["watch"]) == ["network1", "cnn"]
+    for cost in measured["watch"].values():          # a record is an extra forward and backward pass at least
+        assert cost["recorded_step_ms"] > 1.5 * cost["step_ms"] > 0 and cost["cost"] > 0
+    assert [t["met"] for t in measured["targets"]] == [None, None]
