@@ -78,7 +78,7 @@ TUNE_DEFAULTS = {
 
 # keys that say how a command runs here, not what a model trains: what it prints and draws, the
 # images it predicts, its device and threads. A tune study's other machines and a resumed run may
-# set them their own way (tune.PLACE_KEYS, Engine.load_checkpoint add their own)
+# set them their own way (tune.PLACE_KEYS, runfiles.load_checkpoint add their own)
 LOCAL_KEYS = ("log_level", "log_file", "plot", "show", "input", "save_prepared", "device", "threads", "watch",
               "tensorboard")
 

@@ -17,7 +17,7 @@ import threading
 # One BLAS thread unless the environment asks for more. At batches of 100 OpenBLAS's threads
 # gain little on a quiet machine (they lose on the MLPs and conv nets, win 1.3x on network1),
 # and while they wait they spin, which makes a machine with one other busy process many times
-# slower (README, Performance). The cores work instead through the `threads` setting, which
+# slower (docs/performance.md). The cores work instead through the `threads` setting, which
 # splits each batch of a conv net (parallel.py); BLAS threads inside each of its threads would
 # fight over the cores. This must happen before numpy is imported.
 BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -42,7 +42,7 @@ def parse_args(argv):
                      epilog="Each epoch's line gives \"train (running)\": the mean loss and accuracy over "
                             "the epoch's batches while the weights changed, so usually below \"valid\", "
                             "which the weights at the end of the epoch give.")
-    parser.add_argument("config", nargs="?", help="the JSON config file (see README.md for every key); it may "
+    parser.add_argument("config", nargs="?", help="the JSON config file (see docs/config.md for every key); it may "
                                                   "come before or after the options")
     parser.add_argument("--task", choices=TASKS, default=None,
                         help="the task to run (default: the config's \"task\", itself 'train' by default)")

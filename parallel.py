@@ -21,13 +21,13 @@ slices, one step after another:
     order; a layer of your own) gets the batch joined, whole.
 There are two slices per thread, which the calling thread and a pool of threads - 1 more take
 one by one: a thread that gets ahead takes another slice, so a core busy with something else
-slows a step less, and a smaller slice stays in a core's cache (README, Performance).
+slows a step less, and a smaller slice stays in a core's cache (docs/performance.md).
 
 The numbers are the model's own up to rounding (sums over the batch are added in another
 order), and a run with the same number of threads is exactly reproducible. MLPs are not split:
 their time is in matrix products, and each thread of a split Linear layer would pack all of its
 weights for a share of the work. Nor are recurrent networks: each time step works on arrays so
-small that the threads mostly wait on each other for Python's lock. (README, Performance, has
+small that the threads mostly wait on each other for Python's lock. (docs/performance.md has
 the measurements.) This is CPU-only: on a GPU one kernel already fills the device.
 """
 import contextvars

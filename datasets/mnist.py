@@ -286,7 +286,7 @@ def _cached_file_ok(path, digest, log):
         log.debug(f"{path.name} verified")
         return True
     log.warning(f"{path}: cached file is corrupt (its content does not match the SHA-256); "
-                f"deleting it and downloading it again")
+                f"deleting it and fetching it again")
     try:
         path.unlink()
         _marker_path(path).unlink(missing_ok=True)
