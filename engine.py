@@ -26,7 +26,7 @@ import numpy as np
 import runfiles
 import tasks
 from board import Board
-from backend import device_errors, get_backend, map_arrays
+from backend import device_errors, get_backend, map_arrays, to_numpy
 from datasets import load_dataset, make_dataset
 from datasets.augment import random_affine
 from errors import ConfigError, DataError
@@ -77,6 +77,50 @@ def stop_requests():
             signal.signal(s, h)
 
 
+class BatchLosses:
+    """The epoch's batch losses on their way to the host. A step's loss stays where it was
+    computed (a 0-d array on the device) until `read`, called as the progress line is redrawn
+    and at the epoch's end, brings every pending one over in one copy: between two reads a batch
+    asks the device nothing, and a GPU never waits for the host. `read` adds them to
+    progress["loss_sum"], stops a run whose loss is not finite (naming the first such batch),
+    warns once a run when a loss explodes, and hands each to TensorBoard."""
+
+    def __init__(self, progress, log, model_file, board=None):
+        self.progress, self.log, self.model_file, self.board = progress, log, model_file, board
+        self.pending = []           # (loss, batch number, batch size, the run's step, lr)
+
+    def add(self, value, batch, size, step, lr):
+        self.pending.append((value, batch, size, step, lr))
+
+    def read(self):
+        if not self.pending:
+            return
+        values = to_numpy(np.stack([entry[0] for entry in self.pending])).tolist()
+        pending, self.pending = self.pending, []
+        epoch = self.progress["epoch"]
+        for value, (_, batch, size, step, lr) in zip(values, pending):
+            if not math.isfinite(value):
+                raise DivergenceError(f"training diverged at epoch {epoch}, batch {batch}: the loss is {value} "
+                                      f"(try a lower lr than {lr:g}); the best model so far is kept in "
+                                      f"{self.model_file}")
+            self.warn_if_exploding(value, batch, lr)
+            if self.board:
+                self.board.batch(step, value, lr)
+            self.progress["loss_sum"] += value * size
+
+    def warn_if_exploding(self, value, batch, lr):
+        """Warns, once a run, when a batch loss passes EXPLODING times the run's first one (that of
+        the untrained network): training is going astray while the loss is still finite."""
+        progress = self.progress
+        if progress.get("first_loss") is None:
+            progress["first_loss"] = value
+        if value > EXPLODING * progress["first_loss"] and not progress.get("warned_exploding"):
+            progress["warned_exploding"] = True
+            self.log.warning(f"the loss is exploding: {fmt(value)} at epoch {progress['epoch']}, batch {batch}, "
+                             f"{value / progress['first_loss']:.0f} times the first batch's "
+                             f"{fmt(progress['first_loss'])} (try a lower lr than {lr:g})")
+
+
 def new_progress():
     """Where training stands; a checkpoint saves it and --resume restores it.
 
@@ -88,7 +132,7 @@ def new_progress():
                        since it improved, and whether early stopping ended training;
     history:           one record per finished epoch (see `Engine.train`);
     first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
-                       times it was reported (see `Engine.warn_if_exploding`);
+                       times it was reported (see `BatchLosses.warn_if_exploding`);
     watch:             the watch records so far (watch.py), with "watch" in the config.
     """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
@@ -97,7 +141,8 @@ def new_progress():
 
 
 def train_step(model, loss, optimizer, x, y, clip_norm=None):
-    """One step of gradient descent on the batch (x, y); returns (the loss, the model's output)."""
+    """One step of gradient descent on the batch (x, y); returns (the loss, a 0-d array where
+    the batch is, and the model's output)."""
     # forward
     out = model.forward(x)
     value = loss.forward(out, y)
@@ -275,6 +320,7 @@ class Engine:
         batch_size, order = c["batch_size"], self.backend.to_device(progress["order"])
         batches, start, first = math.ceil(len(x) / batch_size), time.perf_counter(), progress["batch"]
         correct = progress["correct"]      # counted where the outputs are: no copy to the host per batch
+        losses = BatchLosses(progress, self.log, c["model_file"], board)
         random = self.backend.random(self.rng)
         model.train()
         for b in range(first, batches):
@@ -283,46 +329,33 @@ class Engine:
             if c["augment"]:                                   # training batches only
                 xb = random_affine(xb, self.info.image_shape, random, **c["augment"])
             step = (epoch - 1) * batches + b                   # the run's training batch, from 0
-            with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported below
+            with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported by losses.read
                 look = watcher.look(loss, xb, yb) if watcher and watcher.due(step) else None
                 value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
                 if look:
                     watcher.keep(look, step, epoch, b + 1, optimizer.lr, value)
-            if not math.isfinite(value):
-                raise DivergenceError(f"training diverged at epoch {epoch}, batch {b + 1}: the loss is {value} "
-                                      f"(try a lower lr than {optimizer.lr:g}); the best model so far is kept "
-                                      f"in {c['model_file']}")
-            self.warn_if_exploding(value, progress, b + 1, optimizer.lr)
-            if board:
-                board.batch(step, value, optimizer.lr)
-                if look:
-                    board.watch(watcher.layout(), watcher.records[-1])
-            progress["loss_sum"] += value * len(index)
+            losses.add(value, b + 1, len(index), step, optimizer.lr)
+            if board and look:
+                board.watch(watcher.layout(), watcher.records[-1])
             correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
-            self.log.progress(b + 1, batches, lambda: f"loss {fmt(progress['loss_sum'] / seen)} acc "
-                                                      f"{100 * int(correct) / seen:.2f}% {rate:.0f} ex/s "
-                                                      f"eta {(len(x) - seen) / rate:.0f}s")
+
+            def shown():                                       # only when the line is drawn: it reads the device
+                losses.read()
+                return (f"loss {fmt(progress['loss_sum'] / seen)} acc {100 * int(correct) / seen:.2f}% "
+                        f"{rate:.0f} ex/s eta {(len(x) - seen) / rate:.0f}s")
+            self.log.progress(b + 1, batches, shown)
             if stop.is_set():
+                losses.read()
                 progress["correct"] = int(correct)
                 progress["seconds"] += time.perf_counter() - start
                 self.save_checkpoint(model, optimizer, progress)
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{runfiles.checkpoint_path(c['model_file'])}: continue with --resume")
+        losses.read()
         progress["correct"] = int(correct)
-
-    def warn_if_exploding(self, value, progress, batch, lr):
-        """Warns, once a run, when a batch loss passes EXPLODING times the run's first one (that of
-        the untrained network): training is going astray while the loss is still finite."""
-        if progress.get("first_loss") is None:
-            progress["first_loss"] = value
-        if value > EXPLODING * progress["first_loss"] and not progress.get("warned_exploding"):
-            progress["warned_exploding"] = True
-            self.log.warning(f"the loss is exploding: {fmt(value)} at epoch {progress['epoch']}, batch {batch}, "
-                             f"{value / progress['first_loss']:.0f} times the first batch's "
-                             f"{fmt(progress['first_loss'])} (try a lower lr than {lr:g})")
 
     def evaluate(self, model, loss, x, y):
         """(mean loss, accuracy) of `model` in eval mode."""

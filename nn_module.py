@@ -935,6 +935,9 @@ class GRU(Recurrent):
 class Loss:
     """Base class. forward(pred, labels) -> mean loss over the batch; backward() -> dL/dpred.
 
+    forward returns the loss as a 0-d array where `pred` is (on a GPU, a device array): the
+    trainer brings many batches' losses to the host at once, so a step never waits for one.
+
     A loss is built like a layer, with the network's dtype (`LOSSES[name](dtype)`, in
     model.build_trainable and the gradcheck task), so building one needs no special case.
     The losses here store `dtype` but never read it: they compute in the dtype of `pred`,
@@ -970,7 +973,7 @@ class SoftmaxCrossEntropyLoss(Loss):
         self.log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         self.labels = labels
         self.rows = np.arange(len(labels), like=logits)
-        return -float(self.log_probs[self.rows, labels].mean())
+        return -self.log_probs[self.rows, labels].mean()
 
     def backward(self):                                          # dL/dlogits = (softmax - onehot) / N
         grad = np.exp(self.log_probs)
@@ -995,7 +998,7 @@ class CrossEntropyLoss(Loss):
         self.probs, self.labels = probs, labels
         rows = np.arange(len(labels), like=probs)
         with np.errstate(divide="ignore"):                       # log(0) = -inf is the honest answer
-            return float(-np.log(probs[rows, labels]).mean())
+            return -np.log(probs[rows, labels]).mean()
 
     def backward(self):                                          # dL/dp = -1 / (N p) at the label
         n = len(self.labels)
@@ -1020,7 +1023,7 @@ class MSELoss(Loss):
         if target.shape != pred.shape:                           # labels -> one-hot targets
             target = (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
         self.diff = pred - target
-        return float((self.diff * self.diff).mean())
+        return (self.diff * self.diff).mean()
 
     def backward(self):
         return 2 * self.diff / self.diff.size                    # d/dpred of mean((pred - t)^2)

@@ -80,12 +80,14 @@ class Watcher:
         return values, before
 
     def keep(self, look, step, epoch, batch, lr, loss_value):
-        """After the real step: appends the record of batch `step` (a dict of host numbers)."""
+        """After the real step, whose loss was `loss_value` (a 0-d array where the batch is):
+        appends the record of batch `step` (a dict of host numbers)."""
         values, before = look
         after = [p for layer in self.model.layers for p in layer.params.values()]
         ratios = [update_ratio(a, b) for a, b in zip(after, before)]
-        numbers = to_numpy(np.concatenate([np.reshape(v, -1).astype(np.float64) for v in values + ratios]))
-        self.records.append(unpack(iter(numbers.tolist()), self.layout(), step, epoch, batch, lr, loss_value))
+        arrays = values + ratios + [loss_value]
+        *numbers, loss_value = to_numpy(np.concatenate([np.reshape(v, -1).astype(np.float64) for v in arrays])).tolist()
+        self.records.append(unpack(iter(numbers), self.layout(), step, epoch, batch, lr, loss_value))
 
 
 def norm(a):

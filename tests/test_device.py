@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import backend
+import log
 import engine
 from conftest import gpu_or_skip
 from main import main
@@ -104,10 +105,11 @@ def test_resume_on_the_stand_in_gives_the_uninterrupted_weights(tmp_path, mnist_
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
-def test_a_batch_copies_only_its_loss_to_the_host(tmp_path, mnist_data_dir, stand_in, monkeypatch):
+def test_a_batch_copies_nothing_to_the_host(tmp_path, mnist_data_dir, stand_in, monkeypatch):
     # a GPU's queue of work drains whenever a value comes back to the host; in the whole loop
-    # over the batches (gathering, augmentation, the step, the running accuracy) only the loss
-    # may (the divergence check needs it), with Dropout, BatchNorm and gradient clipping at work
+    # over the batches (gathering, augmentation, the step, the running loss and accuracy) no
+    # value may, with Dropout, BatchNorm and gradient clipping at work: with no progress line
+    # drawn (log_level 0), the losses come over once, at the epoch's end, with the accuracy
     from strict_device import tally
     at_start, in_step = [], []
 
@@ -117,11 +119,29 @@ def test_a_batch_copies_only_its_loss_to_the_host(tmp_path, mnist_data_dir, stan
         in_step.append(tally["host copies"] - at_start[-1])
         return result
 
-    train_step = engine.train_step
+    def counted_read(self):
+        reads.append(len(self.pending))
+        read(self)
+
+    train_step, read, reads = engine.train_step, engine.BatchLosses.read, []
     monkeypatch.setattr(engine, "train_step", counted_step)
+    monkeypatch.setattr(engine.BatchLosses, "read", counted_read)
     assert main([write_config(tmp_path, mnist_data_dir, num_epochs=1), "--device", "gpu"]) == 0
-    assert in_step == [1] * 12                                       # 600 images in batches of 50
-    assert [b - a for a, b in zip(at_start, at_start[1:])] == [1] * 11   # from one batch's step to the next
+    assert in_step == [0] * 12                                       # 600 images in batches of 50
+    assert [b - a for a, b in zip(at_start, at_start[1:])] == [0] * 11   # from one batch's step to the next
+    assert reads == [12]                                             # every loss, at the epoch's end
+
+
+def test_the_losses_are_read_when_the_progress_line_is_drawn(tmp_path, mnist_data_dir, stand_in, monkeypatch):
+    """Each drawing of the progress line brings the losses since the last one over, in one copy."""
+    from strict_device import tally
+    drawn = []
+    monkeypatch.setattr(log.Logger, "progress", lambda self, done, total, text="": drawn.append(
+        (done, tally["host copies"], text(), tally["host copies"])) if done % 4 == 0 else None)
+    assert main([write_config(tmp_path, mnist_data_dir, num_epochs=1), "--device", "gpu"]) == 0
+    assert [d[0] for d in drawn] == [4, 8, 12]
+    assert all(after - before == 2 for _, before, _, after in drawn)     # the losses, and the running accuracy
+    assert all(before == drawn[0][3] + 0 for _, before, _, _ in drawn[1:2])   # nothing between two drawings
 
 
 def test_the_stand_in_tallies_kernels_and_host_copies():
