@@ -29,6 +29,7 @@ This module computes and draws; tasks.py loads the model (load_trained) and name
 import os
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 import plots
 from backend import to_numpy
@@ -174,11 +175,11 @@ def draw(seen, image, model, class_names, label, versus, source, path):
     top = 1.1                                                       # inches above the header, for the title
     fig = plt.figure(figsize=(12, sum(heights) + top))
     outer = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.6,
-                             top=1 - top / (sum(heights) + top), bottom=0.015, left=0.01, right=0.97)
+                             top=1 - top / (sum(heights) + top), bottom=0.45 / (sum(heights) + top), left=0.01, right=0.97)
     predicted = seen["predicted"]
     truth = "" if label is None else f", true class {class_names[label]}"
     fig.suptitle(f"{source}: predicted {class_names[predicted]} (probability {seen['probabilities'][predicted]:.3f})"
-                 f"{truth}\nbelow: each layer's output, from the input (top) to the logits (bottom)",
+                 f"{truth}\nbelow: each layer's output, from the input (top) to the output (bottom)",
                  fontsize=12, y=1 - 0.1 / (sum(heights) + top), va="top")
     panels = header(fig, outer[0], seen, image, class_names, versus)
     previous = image
@@ -186,7 +187,8 @@ def draw(seen, image, model, class_names, label, versus, source, path):
         title = f"{shown_name(name)}\n{type(layer).__name__} {shape_text(y.shape)}"
         panels.append(title.replace("\n", " "))
         same = y.size == previous.size and np.array_equal(y.reshape(-1), previous.reshape(-1))
-        layer_row(fig, outer[row], title, y, class_names, predicted, last=row == len(layers), same=same)
+        role = None if row < logit_layers(model) else "logits" if row == logit_layers(model) else "probabilities"
+        layer_row(fig, outer[row], title, y, class_names, predicted, role, same)
         previous = y
     if filters:
         panels.append(filter_row(fig, outer[-1], *filters))
@@ -264,8 +266,10 @@ def probability_bars(ax, probabilities, class_names):
     ax.set_yticks(range(len(top)), [class_names[k] for k in top], fontsize=9)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    for i, k in enumerate(top):
-        ax.text(min(probabilities[k] + 0.02, 0.8), i, f"{probabilities[k]:.3f}", va="center", fontsize=8)
+    for i, k in enumerate(top):                                    # the value beside its bar, or inside a long one
+        inside = probabilities[k] > 0.75
+        ax.text(probabilities[k] + (-0.02 if inside else 0.02), i, f"{probabilities[k]:.3f}", va="center",
+                ha="right" if inside else "left", color="white" if inside else "black", fontsize=8)
     ax.set_xlabel("probability (softmax of the logits)", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     title = f"top {len(top)} classes"
@@ -273,20 +277,21 @@ def probability_bars(ax, probabilities, class_names):
     return title
 
 
-def layer_row(fig, spec, title, y, class_names, predicted, last, same):
+def layer_row(fig, spec, title, y, class_names, predicted, role, same):
     """One layer's row: its title on the left, its output in the middle, a colour bar on the right.
-    `same`: the output equals the layer's input (Dropout in eval mode, a Reshape), which the row says."""
+    role: "logits" for the layer that gives them, "probabilities" for a final Softmax, else None;
+    same: whether the output holds its input's values (Dropout in eval mode, a Reshape)."""
     grid = spec.subgridspec(1, 3, width_ratios=[LABEL, 10, 0.18], wspace=0.04)
     label = row_label(fig, grid[0], title)
     if y.ndim == 3 and min(y.shape[1:]) > 1:
         im, note = feature_maps(fig, grid[1], y)
     elif y.ndim == 2:
-        im, note = heat_map(fig.add_subplot(grid[1]), y, "feature", "step"), "one row per time step"
+        im, note = heat_map(fig.add_subplot(grid[1]), y, "feature", "time step"), "one row per time step"
     elif y.size <= BARS:
-        names = class_names if y.size == len(class_names) and last else None
-        im, note = bars(fig.add_subplot(grid[1]), y.reshape(-1), names, predicted if names else None), ""
-        if names is not None:
-            note = "the logits z" if last else ""
+        names = class_names if role is not None and y.size == len(class_names) else None
+        im = bars(fig.add_subplot(grid[1]), y.reshape(-1), names, predicted, role or "value")
+        note = {"logits": "the logits z: the scores\nthe saliency maps start from", "probabilities": "softmax(z)",
+                None: ""}[role]
     else:
         rows = -(-y.size // ROW)
         flat = np.full(rows * ROW, np.nan)
@@ -294,7 +299,7 @@ def layer_row(fig, spec, title, y, class_names, predicted, last, same):
         im = heat_map(fig.add_subplot(grid[1]), flat.reshape(rows, ROW), f"column (unit = {ROW} row + column)", "row")
         note = f"{y.size} values, {ROW} a row"
     if same:
-        note = "the same values as its input"
+        note = "\n".join(filter(None, [note, "the same values as its input"]))
     if note:
         label.text(0, 0.12, note, fontsize=7, va="top", ha="left", color="0.3")
     if im is not None:
@@ -342,13 +347,14 @@ def heat_map(ax, values, xlabel, ylabel):
     im = ax.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto", interpolation="nearest")
     ax.set_xlabel(xlabel, fontsize=7, labelpad=1)
     ax.set_ylabel(ylabel, fontsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))    # rows and steps are whole
     ax.tick_params(labelsize=6)
     return im
 
 
-def bars(ax, values, class_names, predicted):
+def bars(ax, values, class_names, predicted, ylabel):
     """A short vector as bars, red above 0 and blue below; by class name (the predicted one
-    marked) where the vector has one value per class. Returns None: the bars carry no colour scale."""
+    marked) where `class_names` are given. Returns None: the bars carry no colour scale."""
     ax.bar(range(len(values)), values, color=np.where(values >= 0, "C3", "C0"))
     ax.axhline(0, color="0.3", linewidth=0.6)
     if class_names is not None:
@@ -359,6 +365,7 @@ def bars(ax, values, class_names, predicted):
         ax.set_xlabel("unit", fontsize=7, labelpad=1)
         ax.tick_params(axis="x", labelsize=6)
     ax.tick_params(axis="y", labelsize=6)
+    ax.set_ylabel(ylabel, fontsize=7)
     ax.set_xlim(-0.6, len(values) - 0.4)
     return None
 
