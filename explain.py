@@ -171,16 +171,19 @@ def draw(seen, image, model, class_names, label, versus, source, path):
     plt = plots.pyplot(False)
     filters = first_filters(model)
     layers = list(zip(model.names, model.layers, seen["outputs"]))
-    heights = [2.7] + [row_height(y) for _, _, y in layers] + ([filter_height(filters[1])] if filters else [])
-    top = 1.1                                                       # inches above the header, for the title
+    heights = [3.3] + [row_height(y) for _, _, y in layers] + ([filter_height(filters[1])] if filters else [])
+    top = 1.3                                                       # inches above the header, for the title
     fig = plt.figure(figsize=(12, sum(heights) + top))
     outer = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.6,
                              top=1 - top / (sum(heights) + top), bottom=0.45 / (sum(heights) + top), left=0.01, right=0.97)
     predicted = seen["predicted"]
     truth = "" if label is None else f", true class {class_names[label]}"
+    inches = sum(heights) + top
     fig.suptitle(f"{source}: predicted {class_names[predicted]} (probability {seen['probabilities'][predicted]:.3f})"
-                 f"{truth}\nbelow: each layer's output, from the input (top) to the output (bottom)",
-                 fontsize=12, y=1 - 0.1 / (sum(heights) + top), va="top")
+                 f"{truth}", fontsize=13, y=1 - 0.1 / inches, va="top")
+    fig.text(0.5, 1 - 0.42 / inches, "below: each layer's output, from the input (top) to the output (bottom), "
+             "named as in the config\ncolours, one scale a row: red > 0 > blue where the values have both signs; "
+             "dark (0) to yellow where none is negative", fontsize=9, ha="center", va="top", color="0.25")
     panels = header(fig, outer[0], seen, image, class_names, versus)
     previous = image
     for row, (name, layer, y) in enumerate(layers, start=1):
@@ -221,7 +224,7 @@ def header(fig, spec, seen, image, class_names, versus):
     predicted = class_names[seen["predicted"]]
     maps = [("input as the network sees it\n(after preparation; 1 = ink)", None, None),
             (f"saliency: d(logit of {predicted}) / d(pixel)", seen["saliency"],
-             f"red: more ink here raises the\nscore of {predicted}; blue: lowers it")]
+             f"red: more ink here raises the logit\n(the score before the softmax); blue:\nlowers it. Gray line: the digit's outline")]
     if versus is not None:
         other = class_names[versus]
         note = (f"red: ink here speaks for {predicted},\nblue: for {other}" if seen["contrast"] is not None
