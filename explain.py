@@ -45,6 +45,7 @@ BARS = 32               # a vector this long or shorter is drawn as bars, a long
 ROW = 64                # values per row of a vector's heat map
 TOP = 5                 # classes in the probabilities panel
 LABEL = 1.9             # width of a row's title, against 10 for its pictures
+TITLE = 1.3             # inches above the first row, for the picture's title
 
 
 # ---- what the network computes -------------------------------------------------------------
@@ -79,8 +80,8 @@ def score_gradient(model, x, weights):
 
 def examine(model, x, versus=None):
     """What the picture of one example shows, as host arrays. x is (1, ...) where the model's
-    arrays are; versus a class or None. In eval mode, whatever mode the model was in. Returns
-    a dict:
+    arrays are; versus a class or None. Computed in eval mode, whatever mode the model was in
+    (and left in); every layer is asked for dL/dx (`needs_grad_x`). Returns a dict:
         outputs:       each layer's output for the example, (its shape without the batch axis);
         logits, probabilities (K,) and predicted, the class of the largest logit;
         saliency:      d(z_predicted)/dx, x's shape without the batch axis;
@@ -172,13 +173,12 @@ def draw(seen, image, model, class_names, label, versus, source, path):
     filters = first_filters(model)
     layers = list(zip(model.names, model.layers, seen["outputs"]))
     heights = [3.3] + [row_height(y) for _, _, y in layers] + ([filter_height(filters[1])] if filters else [])
-    top = 1.3                                                       # inches above the header, for the title
-    fig = plt.figure(figsize=(12, sum(heights) + top))
-    outer = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.6,
-                             top=1 - top / (sum(heights) + top), bottom=0.45 / (sum(heights) + top), left=0.01, right=0.97)
+    inches = sum(heights) + TITLE + 0.45                            # and the last row's tick labels
+    fig = plt.figure(figsize=(12, inches))
+    outer = fig.add_gridspec(len(heights), 1, height_ratios=heights, hspace=0.6, top=1 - TITLE / inches,
+                             bottom=0.45 / inches, left=0.01, right=0.97)
     predicted = seen["predicted"]
     truth = "" if label is None else f", true class {class_names[label]}"
-    inches = sum(heights) + top
     fig.suptitle(f"{source}: predicted {class_names[predicted]} (probability {seen['probabilities'][predicted]:.3f})"
                  f"{truth}", fontsize=13, y=1 - 0.1 / inches, va="top")
     fig.text(0.5, 1 - 0.42 / inches, "below: each layer's output, from the input (top) to the output (bottom), "
@@ -200,6 +200,7 @@ def draw(seen, image, model, class_names, label, versus, source, path):
 
 
 def shape_text(shape):
+    """(32, 28, 28) for a shape, (128) for one of one axis (not Python's (128,))."""
     return "(" + ", ".join(map(str, shape)) + ")"
 
 
@@ -215,6 +216,7 @@ def row_height(y):
 
 
 def filter_height(weight):
+    """Inches for the row of the first convolution's filters: two lines of MAPS at most."""
     return 0.9 * -(-min(len(weight), 2 * MAPS) // MAPS) + 0.5
 
 
@@ -224,7 +226,8 @@ def header(fig, spec, seen, image, class_names, versus):
     predicted = class_names[seen["predicted"]]
     maps = [("input as the network sees it\n(after preparation; 1 = ink)", None, None),
             (f"saliency: d(logit of {predicted}) / d(pixel)", seen["saliency"],
-             f"red: more ink here raises the logit\n(the score before the softmax); blue:\nlowers it. Gray line: the digit's outline")]
+             "red: more ink here raises the logit\n(the score before the softmax); blue:\n"
+             "lowers it. Gray line: the digit's outline")]
     if versus is not None:
         other = class_names[versus]
         note = (f"red: ink here speaks for {predicted},\nblue: for {other}" if seen["contrast"] is not None
