@@ -381,7 +381,8 @@ def filter_row(fig, spec, name, weight):
     red for a positive weight, blue for a negative one; returns the row's title."""
     grid = spec.subgridspec(1, 3, width_ratios=[LABEL, 10, 0.18], wspace=0.04)
     count = min(len(weight), 2 * MAPS)
-    title = f"filters of {shown_name(name)}\n{count} of {len(weight)}, {weight.shape[2]}x{weight.shape[3]}"
+    channel = ", input channel 0" if weight.shape[1] > 1 else ""
+    title = f"filters of {shown_name(name)}\n{count} of {len(weight)}, {weight.shape[2]}x{weight.shape[3]}{channel}"
     label = row_label(fig, grid[0], title)
     label.text(0, 0.12, "red: ink there raises the\nchannel's map, blue: lowers it", fontsize=7, va="top",
                color="0.3")
