@@ -25,10 +25,10 @@ from model import default_names
 from nn_module import LAYERS, LOSSES
 from optim import OPTIMIZERS, SCHEDULES
 
-TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck", "tune", "watch")
+TASKS = ("train", "test", "plot", "summary", "predict", "gradcheck", "tune", "watch", "explain")
 
 DEFAULTS = {
-    "task": "train",            # train | test | plot | summary | predict | gradcheck | tune | watch
+    "task": "train",            # train | test | plot | summary | predict | gradcheck | tune | watch | explain
     "dataset": "mnist",         # a name in datasets.DATASETS: mnist, fashion_mnist, npz, csv or your own
     "dataset_args": {},         # the dataset's arguments, e.g. {"path": "my_data.npz"} for npz
     "data_dir": "data",         # where downloaded data is cached
@@ -57,8 +57,9 @@ DEFAULTS = {
     "plot_dir": None,           # None: beside model_file, as <model name>_plots/
     "plot": {"split": "train", "count": 30, "model": True},
     "show": False,              # plot: also open the figures in a window when there is a display
-    "input": [],                # predict: image files (PNG, JPEG or .npy)
+    "input": [],                # predict, explain: image files (PNG, JPEG or .npy)
     "save_prepared": False,     # predict: write the 28x28 image fed to the network into plot_dir
+    "explain": {"index": None, "versus": None},     # explain: a test image to explain; a class to contrast
     "augment": None,            # None: off; {"shift": pixels, "rotate": degrees, "scale": fraction}
     "watch": None,              # None: off; {"every": N} records every layer every N training batches (watch.py)
     "tensorboard": None,        # None: off; a folder for TensorBoard's event files, one subfolder a run (board.py)
@@ -79,8 +80,8 @@ TUNE_DEFAULTS = {
 # keys that say how a command runs here, not what a model trains: what it prints and draws, the
 # images it predicts, its device and threads. A tune study's other machines and a resumed run may
 # set them their own way (tune.PLACE_KEYS, runfiles.load_checkpoint add their own)
-LOCAL_KEYS = ("log_level", "log_file", "plot", "show", "input", "save_prepared", "device", "threads", "watch",
-              "tensorboard")
+LOCAL_KEYS = ("log_level", "log_file", "plot", "show", "input", "save_prepared", "explain", "device", "threads",
+              "watch", "tensorboard")
 
 # What other tools (Keras, PyTorch, scikit-learn) call a key or argument of this project, in lower
 # case. Spelling alone would lead elsewhere: difflib suggests 'decay_rate' for 'learning_rate'.
@@ -231,6 +232,7 @@ CHECKS = {
     "show": _boolean(),
     "input": _strings(),
     "save_prepared": _boolean(),
+    "explain": _object({"index": _optional(_integer(0)), "versus": _optional(_integer(0))}),
     "augment": _optional(_object({"shift": _integer(0), "rotate": _number(0, 180), "scale": _number(0, 0.5)},
                                  AUGMENT_DEFAULTS)),
     "watch": _optional(_object({"every": _integer(1)}, {"every": 50})),

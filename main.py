@@ -50,7 +50,7 @@ def parse_args(argv):
                         help="override a config key; VALUE is JSON or else a string; dotted keys reach "
                              "nested objects, e.g. optimizer.momentum=0.8 (repeatable; default: none)")
     parser.add_argument("--input", nargs="+", metavar="FILE", default=None,
-                        help="predict: PNG, JPEG or .npy images to classify (default: the config's \"input\", none)")
+                        help="predict, explain: PNG, JPEG or .npy images to classify (default: the config's \"input\", none)")
     parser.add_argument("--save-prepared", action="store_true",
                         help="predict: also write the 28x28 image fed to the network into plot_dir (default: off)")
     parser.add_argument("--show", action="store_true",

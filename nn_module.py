@@ -377,7 +377,7 @@ class Conv2D(NNModule):
         shape = (out_channels, in_channels, k, k)
         self.add_param("weight", init_weight(shape, in_channels * k * k, out_channels * k * k, init, std, rng, dtype))
         self.add_param("bias", np.zeros(out_channels))
-        self.cols, self.x_shape = None, None
+        self.cols, self.x, self.x_shape = None, None, None
 
     def forward(self, x):
         check_image(x, self.in_channels, self.kernel_size, self.padding)
@@ -386,7 +386,9 @@ class Conv2D(NNModule):
         oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         self.x_shape = x.shape
         cols = im2col(x, k, s, p)                                                # (C*k*k, N*OH*OW)
-        self.cols = cols if self.training else None          # eval needs no backward: free it at once
+        # eval mode keeps x, not its k*k times larger columns; a backward in eval (a saliency map,
+        # explain.py) makes them again
+        self.cols, self.x = (cols, None) if self.training else (None, x)
         y = self.params["weight"].reshape(f, c * k * k) @ cols                   # (F, N*OH*OW)
         y += self.params["bias"][:, None]
         return y.reshape(f, n, oh, ow).transpose(1, 0, 2, 3)                      # (N, F, OH, OW)
@@ -395,7 +397,8 @@ class Conv2D(NNModule):
         n, f, oh, ow = grad_y.shape
         c, k = self.in_channels, self.kernel_size
         grad_rows = grad_y.transpose(1, 0, 2, 3).reshape(f, n * oh * ow)             # (F, N*OH*OW)
-        np.matmul(grad_rows, self.cols.T, out=self.grads["weight"].reshape(f, c * k * k))   # dL/dweight = dL/dy @ cols.T
+        cols = self.cols if self.cols is not None else im2col(self.x, k, self.stride, self.padding)
+        np.matmul(grad_rows, cols.T, out=self.grads["weight"].reshape(f, c * k * k))   # dL/dweight = dL/dy @ cols.T
         np.sum(grad_rows, axis=1, out=self.grads["bias"])
         if not self.needs_grad_x:
             return None

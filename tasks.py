@@ -1,5 +1,5 @@
 """The tasks that look at a network instead of training it: test, summary, plot, predict,
-gradcheck (whose machinery is gradcheck.py's) and watch (watch.py's).
+gradcheck (whose machinery is gradcheck.py's), watch (watch.py's) and explain (explain.py's).
 
 Each is a function of the engine (engine.py), which holds the config, the dataset and the
 checks; `TASKS` maps the config's "task" to it. Training is the engine's own.
@@ -131,7 +131,7 @@ def predict(engine):
         raise ConfigError(f"dataset: predict prepares 28x28 images, but {c['dataset']} has examples "
                           f"of shape {info.input_shape}")
     model = load_trained(engine)
-    targets = [os.path.join(c["plot_dir"], name) for name in prepared_names(c["input"])]
+    targets = [os.path.join(c["plot_dir"], name) for name in output_names(c["input"], "prepared")]
     if c["save_prepared"]:
         check_writable(targets[0], "plot_dir")
     names, results, failed, good = info.class_names, {}, [], []
@@ -162,16 +162,16 @@ def predict(engine):
     return results
 
 
-def prepared_names(paths):
-    """The file name of each input's prepared image, `<stem>.prepared.png`, numbered where stems
+def output_names(paths, kind):
+    """The file name of each input's picture of `kind`, `<stem>.<kind>.png`, numbered where stems
     repeat (a/x.png and b/x.png give x.prepared.png and x-2.prepared.png), so none overwrites another."""
     used, names = set(), []
     for path in paths:
         stem, number = os.path.splitext(os.path.basename(path))[0], 1
-        name = f"{stem}.prepared.png"
+        name = f"{stem}.{kind}.png"
         while name in used:
             number += 1
-            name = f"{stem}-{number}.prepared.png"
+            name = f"{stem}-{number}.{kind}.png"
         used.add(name)
         names.append(name)
     return names
@@ -202,8 +202,14 @@ def watch_task(engine):
     return lines
 
 
+def explain_task(engine):
+    """Draws what each layer makes of one input and which pixels decided (explain.py)."""
+    import explain                                # which imports this module, and matplotlib
+    return explain.run(engine)
+
+
 TASKS = {"test": test, "summary": summary, "plot": plot, "predict": predict, "gradcheck": gradcheck_task,
-         "watch": watch_task}
+         "watch": watch_task, "explain": explain_task}
 
 
 def first_layer_weight(model, image_shape):
