@@ -1060,3 +1060,27 @@ class QuadraticLoss(Loss):
 
     def backward(self):
         return self.diff / len(self.diff)                        # d/dpred of sum((pred - t)^2) / (2N)
+
+
+@register_loss
+class SigmoidCrossEntropyLoss(Loss):
+    """L = -1/N sum_n sum_k [y ln a + (1 - y) ln(1 - a)], a = sigmoid(logits), in log space.
+
+    NNDL's CrossEntropyCost (ch. 3, network2.py): K independent sigmoid outputs, not a softmax.
+    Per element the loss is softplus(z) - y z (= -ln a if y = 1, -ln(1 - a) if y = 0), which
+    stays finite for any z; so the network ends in its last Linear, without a Sigmoid.
+    Shape: logits (N, K); target (N, K), or class labels (N,) which become one-hot rows.
+    """
+
+    def __init__(self, dtype=np.float32):
+        super().__init__(dtype)
+        self.logits, self.target = None, None
+
+    def forward(self, logits, target):
+        if target.shape != logits.shape:                         # labels -> one-hot targets
+            target = (target[:, None] == np.arange(logits.shape[1], like=logits)).astype(logits.dtype)
+        self.logits, self.target = logits, target
+        return float((np.logaddexp(0, logits) - target * logits).sum() / len(logits))
+
+    def backward(self):                                          # dL/dz = (sigmoid(z) - y) / N
+        return (sigmoid(self.logits) - self.target) / len(self.logits)

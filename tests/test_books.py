@@ -9,7 +9,7 @@ import pytest
 
 from main import main
 from model import build_model
-from nn_module import Conv2D, Linear, MSELoss, QuadraticLoss
+from nn_module import Conv2D, Linear, MSELoss, QuadraticLoss, SigmoidCrossEntropyLoss
 
 BOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs" / "books").glob("*.json"))
 
@@ -68,3 +68,12 @@ def test_summary_task_shows_loss_optimizer_and_lr(capsys):
     assert main([str(BOOKS[0].parent / "nndl_ch1_30.json"), "--task", "summary"]) == 0
     out = capsys.readouterr().out
     assert "Loss: QuadraticLoss" in out and "Optimizer: sgd(), lr 3," in out and "batch 10" in out
+
+
+def test_sigmoid_cross_entropy_is_nndl_cross_entropy_and_stays_finite():
+    logits, labels = np.array([[0.0, 2.0], [1000.0, -1000.0]]), np.array([1, 1])
+    loss = SigmoidCrossEntropyLoss(dtype=np.float64)
+    a = 1 / (1 + np.exp(-logits[0]))
+    first = -(np.log(1 - a[0]) + np.log(a[1]))               # example 0: y = (0, 1)
+    assert loss.forward(logits, labels) == pytest.approx((first + 1000 + 1000) / 2)
+    np.testing.assert_allclose(loss.backward()[1], [0.5, -0.5])
