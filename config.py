@@ -347,13 +347,17 @@ def check_arguments(name, cls, arguments, hidden):
 
 def check_loss(loss, last_class):
     """The loss must suit the network's end: probabilities for CrossEntropyLoss, logits for
-    SoftmaxCrossEntropyLoss (a second softmax would train on softmax(softmax(z)))."""
+    SoftmaxCrossEntropyLoss and SigmoidCrossEntropyLoss (a second softmax would train on
+    softmax(softmax(z)), a second sigmoid on sigmoid(sigmoid(z)))."""
     if loss == "CrossEntropyLoss" and last_class != "Softmax":
         raise ConfigError("loss: CrossEntropyLoss takes probabilities, but the network ends in "
                           f"{last_class}; end it with {{\"class\": \"Softmax\"}} or use SoftmaxCrossEntropyLoss")
     if loss == "SoftmaxCrossEntropyLoss" and last_class == "Softmax":
         raise ConfigError("loss: SoftmaxCrossEntropyLoss applies the softmax itself, but the network already "
                           "ends in Softmax; use CrossEntropyLoss or remove the final Softmax")
+    if loss == "SigmoidCrossEntropyLoss" and last_class == "Sigmoid":
+        raise ConfigError("loss: SigmoidCrossEntropyLoss applies the sigmoid itself, but the network already "
+                          "ends in Sigmoid; remove the final Sigmoid")
 
 
 def check_optimizer(optimizer, lr):

@@ -162,11 +162,11 @@ class Model(NNModule):
         example) with totals, from one zero sample; no data is needed."""
         shapes = self.output_shapes(input_shape)
         macs = [layer.multiply_adds(shape) for layer, shape in zip(self.layers, shapes)]
-        rows = [(name, repr(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}", f"{m:,}")
-                for name, layer, shape, m in zip(self.names, self.layers, shapes, macs)]
-        header = ("Name", "Layer (type)", "Output Shape", "Param #", "Mult-Adds")
+        rows = [(name, repr(layer), init_text(layer), str(shape), f"{sum(p.size for p in layer.params.values()):,}",
+                 f"{m:,}") for name, layer, shape, m in zip(self.names, self.layers, shapes, macs)]
+        header = ("Name", "Layer (type)", "Init", "Output Shape", "Param #", "Mult-Adds")
         widths = [max(len(r[c]) for r in rows + [header]) for c in range(len(header))]
-        line = lambda r: " | ".join(f"{v:<{w}}" if c < 3 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(r, widths)))
+        line = lambda r: " | ".join(f"{v:<{w}}" if c < 4 else f"{v:>{w}}" for c, (v, w) in enumerate(zip(r, widths)))
         rule = "-" * len(line(header))
         total = sum(p.size for p in self.params.values())
         return "\n".join([f"Input shape: {tuple(input_shape)}", line(header), rule, *map(line, rows), rule,
@@ -175,6 +175,14 @@ class Model(NNModule):
     def multiply_adds_per_example(self, input_shape):
         """The multiply-adds of one forward pass of one example, summed over the layers."""
         return sum(layer.multiply_adds(shape) for layer, shape in zip(self.layers, self.output_shapes(input_shape)))
+
+
+def init_text(layer):
+    """How a layer's parameters were drawn, for the summary: "he", "normal std=1, bias std=1"; "" if none."""
+    if not hasattr(layer, "init"):
+        return ""
+    text = f"{layer.init} std={layer.std:g}" if layer.init == "normal" else layer.init
+    return text + (f", bias std={layer.bias_std:g}" if getattr(layer, "bias_std", 0) else "")
 
 
 def build_model(network, dtype=np.float32, rng=None, names=None):

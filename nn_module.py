@@ -103,6 +103,14 @@ def init_weight(shape, fan_in, fan_out, init, std, rng, dtype):
     return w.astype(dtype)
 
 
+def init_bias(n, bias_std, rng):
+    """A new bias vector: zeros, or N(0, bias_std**2) when bias_std > 0 (drawn after the weight)."""
+    if bias_std == 0:
+        return np.zeros(n)
+    rng = np.random.default_rng() if rng is None else rng
+    return rng.normal(0.0, bias_std, n)
+
+
 # ---- the contract ----------------------------------------------------------------------------
 
 class NNModule:
@@ -162,17 +170,20 @@ class Linear(NNModule):
 
     Args:
         n_in, n_out: input and output features.
-        init: "he" (default), "xavier", "normal" (with `std`) or "uniform"; see `init_weight`.
+        init: "he" (default), "xavier", "normal" (with `std`, default 0.01) or "uniform"; see `init_weight`.
+        bias_std: biases start at 0 (the default, 0.0), else drawn from N(0, bias_std**2)
+            (NNDL's network.py draws them from N(0, 1): bias_std 1.0).
     Shape: x (N, n_in) -> y (N, n_out).
     Params: weight (n_in, n_out), bias (n_out,).
     """
 
-    def __init__(self, n_in, n_out, init="he", std=0.01, dtype=np.float32, rng=None):
+    def __init__(self, n_in, n_out, init="he", std=0.01, bias_std=0.0, dtype=np.float32, rng=None):
         super().__init__(dtype)
         self.n_in, self.n_out = check_int("n_in", n_in, 1), check_int("n_out", n_out, 1)
         self.init, self.std = init, check_number("std", std, 0, np.inf, low_open=True)
+        self.bias_std = check_number("bias_std", bias_std, 0, np.inf)
         self.add_param("weight", init_weight((n_in, n_out), n_in, n_out, init, std, rng, dtype))
-        self.add_param("bias", np.zeros(n_out))
+        self.add_param("bias", init_bias(n_out, self.bias_std, rng))
         self.x = None
 
     def forward(self, x):
@@ -360,23 +371,25 @@ class Conv2D(NNModule):
         in_channels, out_channels: C and F.
         kernel_size: k, for a square k x k kernel.
         stride: >= 1. padding: >= 0.
-        init: "he" (default), "xavier", "normal" (with `std`) or "uniform"; see `init_weight`.
+        init: "he" (default), "xavier", "normal" (with `std`, default 0.01) or "uniform"; see `init_weight`.
+        bias_std: biases start at 0 (the default), else drawn from N(0, bias_std**2); see `Linear`.
     Shape: x (N, C, H, W) -> y (N, F, OH, OW), OH = (H + 2 padding - k) // stride + 1, same for OW.
     Params: weight (F, C, k, k), bias (F,).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, init="he", std=0.01,
-                 dtype=np.float32, rng=None):
+                 bias_std=0.0, dtype=np.float32, rng=None):
         super().__init__(dtype)
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.out_channels = check_int("out_channels", out_channels, 1)
         self.kernel_size = check_int("kernel_size", kernel_size, 1)
         self.stride, self.padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
         self.init, self.std = init, check_number("std", std, 0, np.inf, low_open=True)
+        self.bias_std = check_number("bias_std", bias_std, 0, np.inf)
         k = kernel_size
         shape = (out_channels, in_channels, k, k)
         self.add_param("weight", init_weight(shape, in_channels * k * k, out_channels * k * k, init, std, rng, dtype))
-        self.add_param("bias", np.zeros(out_channels))
+        self.add_param("bias", init_bias(out_channels, self.bias_std, rng))
         self.cols, self.x, self.x_shape = None, None, None
 
     def forward(self, x):
@@ -1030,3 +1043,50 @@ class MSELoss(Loss):
 
     def backward(self):
         return 2 * self.diff / self.diff.size                    # d/dpred of mean((pred - t)^2)
+
+
+@register_loss
+class QuadraticLoss(Loss):
+    """L = 1/(2N) sum_n ||pred_n - target_n||^2: summed over the outputs, averaged over examples.
+
+    NNDL's quadratic cost (ch. 1, network.py). MSELoss averages over the K outputs too, so
+    MSELoss's gradient is 2/K times this one: lr on MSELoss = lr on QuadraticLoss * K / 2.
+    Shape: pred (N, K); target (N, K), or class labels (N,) which become one-hot rows.
+    """
+
+    def __init__(self, dtype=np.float32):
+        super().__init__(dtype)
+        self.diff = None
+
+    def forward(self, pred, target):
+        if target.shape != pred.shape:                           # labels -> one-hot targets
+            target = (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
+        self.diff = pred - target
+        return (self.diff * self.diff).sum() / (2 * len(self.diff))
+
+    def backward(self):
+        return self.diff / len(self.diff)                        # d/dpred of sum((pred - t)^2) / (2N)
+
+
+@register_loss
+class SigmoidCrossEntropyLoss(Loss):
+    """L = -1/N sum_n sum_k [y ln a + (1 - y) ln(1 - a)], a = sigmoid(logits), in log space.
+
+    NNDL's CrossEntropyCost (ch. 3, network2.py): K independent sigmoid outputs, not a softmax.
+    Per element the loss is softplus(z) - y z (= -ln a if y = 1, -ln(1 - a) if y = 0), which
+    stays finite for any z; so the network ends in its last Linear, without a Sigmoid.
+    Shape: logits (N, K); target (N, K), or class labels (N,) which become one-hot rows.
+    """
+
+    def __init__(self, dtype=np.float32):
+        super().__init__(dtype)
+        self.logits, self.target = None, None
+
+    def forward(self, logits, target):
+        if target.shape != logits.shape:                         # labels -> one-hot targets
+            target = (target[:, None] == np.arange(logits.shape[1], like=logits)).astype(logits.dtype)
+        self.logits, self.target = logits, target
+        return (np.logaddexp(0, logits) - target * logits).sum() / len(logits)
+
+    def backward(self):                                          # dL/dz = (sigmoid(z) - y) / N
+        return (sigmoid(self.logits) - self.target) / len(self.logits)

@@ -79,6 +79,15 @@ def summary(engine):
     model = build_model(c["network"], engine.dtype, engine.rng, c["network_names"])
     engine.check_fits(model)
     engine.log.result(model.summary(engine.info.input_shape))
+    engine.log.result(training_text(c))
+
+
+def training_text(c):
+    """The loss and optimizer lines under the summary, so a reproduction can be read off."""
+    options = ", ".join(f"{k}={v}" for k, v in c["optimizer"].items() if k != "name")
+    return (f"Loss: {c['loss']}\n"
+            f"Optimizer: {c['optimizer']['name']}({options}), lr {c['lr']:g}, schedule {c['schedule']}, "
+            f"batch {c['batch_size']}, {c['num_epochs']} epochs")
 
 
 def plot(engine):

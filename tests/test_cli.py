@@ -68,6 +68,8 @@ def run_error(capsys, argv):
     ({"loss": "CrossEntropyLoss"}, "error: loss: CrossEntropyLoss takes probabilities, but the network ends in Linear"),
     ({"network": SMALL_NET + [{"class": "Softmax"}]},
      "error: loss: SoftmaxCrossEntropyLoss applies the softmax itself, but the network already ends in Softmax"),
+    ({"network": SMALL_NET + [{"class": "Sigmoid"}], "loss": "SigmoidCrossEntropyLoss"},
+     "error: loss: SigmoidCrossEntropyLoss applies the sigmoid itself, but the network already ends in Sigmoid"),
 ])
 def test_config_errors(tmp_path, capsys, keys, message):
     assert run_error(capsys, [write_config(tmp_path, **keys)]).startswith(message)
