@@ -20,6 +20,7 @@ and the one error line for a device out of memory (`device_errors`).
 CuPy is imported here and nowhere else, and only when a run asks for the GPU.
 """
 import contextlib
+import copy
 
 import numpy as np
 
@@ -95,6 +96,11 @@ class HostRandom:
 
     def __init__(self, rng, to_device):
         self.rng, self.to_device = rng, to_device
+
+    def __deepcopy__(self, memo):
+        # a copy of the layers (watch.py) draws what the original would draw next, on the same
+        # device: the generator is copied, the backend shared (a module, cupy, cannot be copied)
+        return HostRandom(copy.deepcopy(self.rng, memo), self.to_device)
 
     def random(self, size=None, dtype=np.float64):
         return self.to_device(self.rng.random(size, dtype=dtype))

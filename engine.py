@@ -100,9 +100,10 @@ class BatchLosses:
         epoch = self.progress["epoch"]
         for value, (_, batch, size, step, lr) in zip(values, pending):
             if not math.isfinite(value):
+                kept = (f"the best model so far is kept in {self.model_file}" if self.progress["best_accuracy"] >= 0
+                        else "no model was saved yet")
                 raise DivergenceError(f"training diverged at epoch {epoch}, batch {batch}: the loss is {value} "
-                                      f"(try a lower lr than {lr:g}); the best model so far is kept in "
-                                      f"{self.model_file}")
+                                      f"(try a lower lr than {lr:g}); {kept}")
             self.warn_if_exploding(value, batch, lr)
             if self.board:
                 self.board.batch(step, value, lr)
@@ -282,6 +283,8 @@ class Engine:
                 runfiles.save_history(c["model_file"], progress["history"])
                 if watcher:
                     runfiles.save_watch(c["model_file"], watcher.record())
+                elif not resume:     # an earlier run's record, which would speak of another model
+                    runfiles.remove_watch(c["model_file"])
                 if board:
                     board.epoch(record)
                 progress.update(epoch=epoch + 1, batch=0, order=None, loss_sum=0.0, correct=0, seconds=0.0)

@@ -151,6 +151,11 @@ def read_watch(model_file, log):
         return None
 
 
+def remove_watch(model_file):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(watch_path(model_file))
+
+
 def save_watch(model_file, watch):
     """Writes the watch record as JSON, atomically."""
     with atomic_write(watch_path(model_file), "w") as f:

@@ -109,12 +109,19 @@ def nan_beside(a):
 def histogram(a):
     """[lowest, highest, counts of BINS equal bars between them], computed where `a` is. The
     counts of an array larger than SAMPLE are those of every kth of its values (k the smallest
-    that leaves at most SAMPLE), evenly spread over it: the same shape, at a fraction of the cost."""
-    low, high = a.min(), a.max()
-    width = np.maximum(high - low, np.finfo(a.dtype).tiny) / BINS
-    values = a.reshape(-1)[::-(-a.size // SAMPLE)]
-    bar = np.minimum(((values - low) / width).astype(np.int64), BINS - 1)
-    return [low, high, np.bincount(bar, minlength=BINS)]
+    that leaves at most SAMPLE), evenly spread over it: the same shape, at a fraction of the cost.
+    Only finite values are counted (a diverging run has others; the loss says so), and an array
+    with none gives low = inf, high = -inf and no counts."""
+    finite = np.isfinite(a)
+    low, high = np.where(finite, a, np.inf).min(), np.where(finite, a, -np.inf).max()
+    # in float64, where the span of two float32 values (or of float64 ones up to 1e307) is finite
+    width = np.maximum(high.astype(np.float64) - low, np.finfo(np.float64).tiny) / BINS
+    step = -(-a.size // SAMPLE)
+    values, counted = a.reshape(-1)[::step].astype(np.float64), finite.reshape(-1)[::step]
+    with np.errstate(invalid="ignore", over="ignore"):
+        bar = np.where(counted, (values - low) / width, 0)
+    bar = np.clip(bar, 0, BINS - 1).astype(np.int64)
+    return [low, high, np.bincount(bar, weights=counted, minlength=BINS)]
 
 
 def output_statistics(layer, y):

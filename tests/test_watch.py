@@ -57,6 +57,31 @@ def test_a_relu_network_with_an_lr_far_too_high_is_told_so(tmp_path, mnist_data_
     assert not any("vanishing" in line or "too low" in line for line in lines), lines
 
 
+def test_a_diverging_watched_run_ends_in_one_error_line(tmp_path, mnist_data_dir, capsys):
+    config = write_config(tmp_path, mnist_data_dir, "diverged", network=mlp("ReLU", [784, 30, 10]), lr=1e20,
+                          loss="SoftmaxCrossEntropyLoss", augment=None,
+                          optimizer={"name": "sgd"}, clip_grad_norm=None, watch={"every": 1})
+    capsys.readouterr()
+    assert main([config]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: training diverged at epoch 1, batch ") and err.count("\n") == 1, err
+    assert "no model was saved yet" in err and not os.path.exists(tmp_path / "diverged.pkl")
+
+
+def test_a_fresh_run_without_watch_removes_an_earlier_record(tmp_path, mnist_data_dir):
+    config = write_config(tmp_path, mnist_data_dir, "again", num_epochs=1, watch={"every": 4})
+    assert main([config]) == 0 and os.path.exists(runfiles.watch_path(str(tmp_path / "again.pkl")))
+    assert main([config, "--set", "watch=null"]) == 0
+    assert not os.path.exists(runfiles.watch_path(str(tmp_path / "again.pkl")))
+
+
+def test_a_histogram_leaves_out_what_is_not_finite():
+    low, high, counts = watch.histogram(np.array([1.0, np.nan, np.inf, 3.0, -np.inf], dtype=np.float32))
+    assert (float(low), float(high)) == (1.0, 3.0) and counts.sum() == 2 and counts[0] == counts[-1] == 1
+    low, high, counts = watch.histogram(np.full(4, np.nan))
+    assert (low, high) == (np.inf, -np.inf) and counts.sum() == 0
+
+
 def test_a_tanh_network_with_weights_scaled_up_is_saturated(tmp_path, mnist_data_dir, capsys):
     lines, _ = trained_diagnosis(tmp_path, mnist_data_dir, capsys, "tanh", lr=0.01,
                                  network=mlp("Tanh", [784, 100, 100, 10], init="normal", std=1.0))
