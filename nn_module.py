@@ -1024,6 +1024,13 @@ class CrossEntropyLoss(Loss):
         return grad
 
 
+def one_hot_targets(target, pred):
+    """target as rows like pred's: class labels (N,) become one-hot rows (N, K); rows stay."""
+    if target.shape == pred.shape:
+        return target
+    return (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
+
+
 @register_loss
 class MSELoss(Loss):
     """L = mean over all elements of (pred - target)^2.
@@ -1036,8 +1043,7 @@ class MSELoss(Loss):
         self.diff = None
 
     def forward(self, pred, target):
-        if target.shape != pred.shape:                           # labels -> one-hot targets
-            target = (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
+        target = one_hot_targets(target, pred)
         self.diff = pred - target
         return (self.diff * self.diff).mean()
 
@@ -1059,8 +1065,7 @@ class QuadraticLoss(Loss):
         self.diff = None
 
     def forward(self, pred, target):
-        if target.shape != pred.shape:                           # labels -> one-hot targets
-            target = (target[:, None] == np.arange(pred.shape[1], like=pred)).astype(pred.dtype)
+        target = one_hot_targets(target, pred)
         self.diff = pred - target
         return (self.diff * self.diff).sum() / (2 * len(self.diff))
 
@@ -1083,8 +1088,7 @@ class SigmoidCrossEntropyLoss(Loss):
         self.logits, self.target = None, None
 
     def forward(self, logits, target):
-        if target.shape != logits.shape:                         # labels -> one-hot targets
-            target = (target[:, None] == np.arange(logits.shape[1], like=logits)).astype(logits.dtype)
+        target = one_hot_targets(target, logits)
         self.logits, self.target = logits, target
         return (np.logaddexp(0, logits) - target * logits).sum() / len(logits)
 
