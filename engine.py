@@ -250,7 +250,7 @@ class Engine:
         replaces = not resume and runfiles.replaces_checkpoint(c["model_file"])   # a finished run's
         progress = (runfiles.load_checkpoint(c, model, optimizer, self.rng, self.threads(model), self.log)
                     if resume else new_progress())
-        self.backend.place(model, self.rng, c["threads"]).pack()
+        self.backend.place(model, self.rng, c["threads"]).pack(optimizer.pack_group)
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
         board = Board(c["tensorboard"], os.path.splitext(os.path.basename(c["model_file"]))[0]) if c["tensorboard"] else None

@@ -105,28 +105,35 @@ class Model(NNModule):
         self.packed_params, self.packed_grads = self.params, self.grads
         return self
 
-    def pack(self):
+    def pack(self, group=lambda name: "all"):
         """Moves every parameter into one flat array, and every gradient into another. Each
         layer keeps a view of its part, reads and writes it as before, and no value changes;
         but an optimizer can now update the whole network with a few operations on
         `packed_params` and `packed_grads`, each {"all": flat array}, instead of a few per
         parameter. On a GPU every operation is a kernel launch, and for a small network those
-        launches are most of a step. (Call it after moving the model: map_arrays copies.)"""
-        first = next(iter(self.params.values()), None)
-        if first is None:
-            return self
-        size = sum(p.size for p in self.params.values())
-        flat_params, flat_grads = np.empty_like(first, shape=size), np.zeros_like(first, shape=size)
-        start = 0
-        for layer in self.layers:
-            for name, p in layer.params.items():
+        launches are most of a step. (Call it after moving the model: map_arrays copies.)
+
+        `group(name)` names the flat array that parameter `name` ("0.weight") joins: one for
+        all by default; an optimizer that treats weights and biases apart passes its own
+        (Optimizer.pack_group), and gets {"weights": ..., "biases": ...}."""
+        groups = {}                                    # group -> [(layer, parameter name)], in order
+        for i, layer in enumerate(self.layers):
+            for name in layer.params:
+                groups.setdefault(group(f"{i}.{name}"), []).append((layer, name))
+        self.packed_params, self.packed_grads = {}, {}
+        for key, members in groups.items():
+            arrays = [layer.params[name] for layer, name in members]
+            flat_params = np.empty_like(arrays[0], shape=sum(p.size for p in arrays))
+            flat_grads = np.zeros_like(flat_params)
+            start = 0
+            for (layer, name), p in zip(members, arrays):
                 part = slice(start, start + p.size)
                 flat_params[part] = p.reshape(-1)
                 layer.params[name] = flat_params[part].reshape(p.shape)
                 layer.grads[name] = flat_grads[part].reshape(p.shape)
                 start += p.size
+            self.packed_params[key], self.packed_grads[key] = flat_params, flat_grads
         self.gather()
-        self.packed_params, self.packed_grads = {"all": flat_params}, {"all": flat_grads}
         return self
 
     def __repr__(self):

@@ -5,6 +5,8 @@ the same names, and keeps its own state per name. It never sees a layer. The tra
 `Model.packed_params` and `Model.packed_grads`: the whole network in one flat array named
 "all" (see `Model.pack`), so its state is one array per running average; every update below is
 elementwise, so that gives the same numbers as one entry per parameter (`Model.params`).
+With `decay_biases` false, weight decay shrinks the weights only, as NNDL's L2 term does, and
+the trainer packs two arrays instead, "weights" and "biases" (see `pack_group`).
 A schedule maps the epoch number (1-based) to a learning rate.
 
 Optimizers are looked up by lower-case class name: config `{"name": "adam", "beta1": 0.9}`
@@ -38,16 +40,45 @@ def check_number(name, value, low, high, low_open=False, high_open=False):
     return float(value)
 
 
+def is_weight(name):
+    """Whether weight decay reaches parameter `name` when biases are spared: a weight's own name
+    starts with "weight" ("0.weight", "3.weight_ih", the packed "weights"); a bias, and
+    BatchNorm's gamma and beta, are not weights."""
+    return name.rsplit(".", 1)[-1].startswith("weight")
+
+
 class Optimizer:
     """Base class: `step(params, grads)` updates every `params[name]` in place.
 
-    STATE names the attributes a resumed run needs besides the parameters.
+    Every optimizer takes `weight_decay` (L2, >= 0) and `decay_biases` (whether the decay
+    reaches the biases too; true unless given, as in PyTorch and Keras). STATE names the
+    attributes a resumed run needs besides the parameters.
     """
 
     STATE = ()
 
-    def __init__(self, lr):
+    def __init__(self, lr, weight_decay=0.0, decay_biases=True):
         self.lr = check_number("lr", lr, 0, math.inf, low_open=True)
+        self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
+        if not isinstance(decay_biases, bool):
+            raise ValueError(f"decay_biases: expected true or false, got {decay_biases!r}")
+        self.decay_biases = decay_biases
+
+    def decay(self, name):
+        """The weight decay of parameter `name`: weight_decay, or 0 for a bias that is spared."""
+        return self.weight_decay if self.decay_biases or is_weight(name) else 0.0
+
+    def add_decay(self, name, p, g):
+        """g + decay * p: the gradient plus that of the L2 term (decay / 2) * ||p||^2."""
+        decay = self.decay(name)
+        return g + decay * p if decay else g
+
+    def pack_group(self, name):
+        """The flat array (Model.pack) that parameter `name` joins: "all", or "weights" and
+        "biases" when the biases are spared, so that `decay` can tell the two apart."""
+        if self.decay_biases:
+            return "all"
+        return "weights" if is_weight(name) else "biases"
 
     def step(self, params, grads):
         for name, p in params.items():
@@ -80,22 +111,21 @@ class SGD(Optimizer):
         momentum: in [0, 1).
         nesterov: use Nesterov's look-ahead form (needs momentum > 0).
         weight_decay: L2 penalty coefficient >= 0, added to the gradient.
+        decay_biases: false to decay the weights only.
     """
 
     STATE = ("velocity",)
 
-    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0):
-        super().__init__(lr)
+    def __init__(self, lr, momentum=0.0, nesterov=False, weight_decay=0.0, decay_biases=True):
+        super().__init__(lr, weight_decay, decay_biases)
         self.momentum = check_number("momentum", momentum, 0, 1, high_open=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
         if not isinstance(nesterov, bool) or (nesterov and self.momentum == 0):
             raise ValueError(f"nesterov: expected true (with momentum > 0) or false, got {nesterov!r}")
         self.nesterov = nesterov
         self.velocity = {}               # name -> running sum of gradients, created once
 
     def update(self, name, p, g):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
+        g = self.add_decay(name, p, g)
         if self.momentum:
             if name not in self.velocity:
                 self.velocity[name] = np.zeros_like(p)
@@ -110,20 +140,19 @@ class SGD(Optimizer):
 class Momentum(SGD):
     """SGD with momentum 0.9 unless given: the seed's {"name": "momentum", "momentum": 0.9}."""
 
-    def __init__(self, lr, momentum=0.9, nesterov=False, weight_decay=0.0):
-        super().__init__(lr, momentum, nesterov, weight_decay)
+    def __init__(self, lr, momentum=0.9, nesterov=False, weight_decay=0.0, decay_biases=True):
+        super().__init__(lr, momentum, nesterov, weight_decay, decay_biases)
 
 
 class _Adaptive(Optimizer):
-    """Shared by the optimizers that keep per-parameter running averages: checks `eps` and
-    `weight_decay`, and counts steps (t, from 1) for bias correction."""
+    """Shared by the optimizers that keep per-parameter running averages: checks `eps`, and
+    counts steps (t, from 1) for bias correction."""
 
     STATE = ("t", "slots")
 
-    def __init__(self, lr, eps, weight_decay):
-        super().__init__(lr)
+    def __init__(self, lr, eps, weight_decay, decay_biases):
+        super().__init__(lr, weight_decay, decay_biases)
         self.eps = check_number("eps", eps, 0, 1, low_open=True)
-        self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
         self.t = 0
         self.slots = {}                  # name -> {"m": ..., "v": ...} or {"s": ...}, created once
 
@@ -148,11 +177,11 @@ class AdaGrad(_Adaptive):
         p -= lr * g / (sqrt(s) + eps)
     """
 
-    def __init__(self, lr, eps=1e-10, weight_decay=0.0):
-        super().__init__(lr, eps, weight_decay)
+    def __init__(self, lr, eps=1e-10, weight_decay=0.0, decay_biases=True):
+        super().__init__(lr, eps, weight_decay, decay_biases)
 
     def update(self, name, p, g):
-        g = g + self.weight_decay * p if self.weight_decay else g
+        g = self.add_decay(name, p, g)
         s = self.slot(name, "s", p)
         s += g * g
         p -= self.lr * g / (np.sqrt(s) + self.eps)
@@ -167,12 +196,12 @@ class RMSProp(_Adaptive):
         p -= lr * g / (sqrt(s) + eps)
     """
 
-    def __init__(self, lr, rho=0.9, eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, eps, weight_decay)
+    def __init__(self, lr, rho=0.9, eps=1e-8, weight_decay=0.0, decay_biases=True):
+        super().__init__(lr, eps, weight_decay, decay_biases)
         self.rho = check_number("rho", rho, 0, 1, high_open=True)
 
     def update(self, name, p, g):
-        g = g + self.weight_decay * p if self.weight_decay else g
+        g = self.add_decay(name, p, g)
         s = self.slot(name, "s", p)
         s *= self.rho
         s += (1 - self.rho) * g * g
@@ -190,13 +219,13 @@ class Adam(_Adaptive):
 
     decoupled = False                  # AdamW: weight decay acts on p, not through g
 
-    def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
-        super().__init__(lr, eps, weight_decay)
+    def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decay_biases=True):
+        super().__init__(lr, eps, weight_decay, decay_biases)
         self.beta1 = check_number("beta1", beta1, 0, 1, high_open=True)
         self.beta2 = check_number("beta2", beta2, 0, 1, high_open=True)
 
     def update(self, name, p, g):
-        g = g + self.weight_decay * p if self.weight_decay and not self.decoupled else g
+        g = g if self.decoupled else self.add_decay(name, p, g)
         m, v = self.slot(name, "m", p), self.slot(name, "v", p)
         m *= self.beta1
         m += (1 - self.beta1) * g
@@ -217,11 +246,12 @@ class AdamW(Adam):
 
     decoupled = True
 
-    def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
-        super().__init__(lr, beta1, beta2, eps, weight_decay)
+    def __init__(self, lr, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decay_biases=True):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, decay_biases)
 
     def update(self, name, p, g):
-        p *= 1 - self.lr * self.weight_decay
+        if self.decay(name):
+            p *= 1 - self.lr * self.decay(name)
         super().update(name, p, g)
 
 

@@ -4,6 +4,7 @@ gradcheck (whose machinery is gradcheck.py's), watch (watch.py's) and explain (e
 Each is a function of the engine (engine.py), which holds the config, the dataset and the
 checks; `TASKS` maps the config's "task" to it. Training is the engine's own.
 """
+import json
 import os
 
 import numpy as np
@@ -84,7 +85,7 @@ def summary(engine):
 
 def training_text(c):
     """The loss and optimizer lines under the summary, so a reproduction can be read off."""
-    options = ", ".join(f"{k}={v}" for k, v in c["optimizer"].items() if k != "name")
+    options = ", ".join(f"{k}={json.dumps(v)}" for k, v in c["optimizer"].items() if k != "name")  # JSON's spelling
     return (f"Loss: {c['loss']}\n"
             f"Optimizer: {c['optimizer']['name']}({options}), lr {c['lr']:g}, schedule {c['schedule']}, "
             f"batch {c['batch_size']}, {c['num_epochs']} epochs")

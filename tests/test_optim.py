@@ -59,6 +59,17 @@ def test_state_is_kept_per_name():
     assert optimizer.velocity["b"][0] == 0.0
 
 
+@pytest.mark.parametrize("cls", [SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW])
+def test_decay_biases_false_spares_the_biases_only(cls):
+    """With a zero gradient only weight decay moves a parameter: the weights shrink, and the
+    biases, BatchNorm's gamma and beta and the packed "biases" stay where they are."""
+    names = ["0.weight", "1.weight_ih", "weights", "0.bias", "2.gamma", "2.beta", "biases"]
+    params = {name: np.ones(2) for name in names}
+    cls(lr=0.1, weight_decay=0.1, decay_biases=False).step(params, {name: np.zeros(2) for name in names})
+    assert [bool(np.all(params[name] < 1)) for name in names] == [True] * 3 + [False] * 4
+    assert all(np.array_equal(params[name], np.ones(2)) for name in names[3:])
+
+
 def test_float32_stays_float32():
     params = {"w": np.ones(3, np.float32)}
     SGD(lr=0.1, momentum=0.9, weight_decay=1e-4).step(params, {"w": np.ones(3, np.float32)})
@@ -72,6 +83,7 @@ def test_float32_stays_float32():
     ({"lr": 0.1, "momentum": 1.0}, "momentum: expected a number in [0, 1), got 1.0"),
     ({"lr": 0.1, "weight_decay": -1}, "weight_decay: expected"),
     ({"lr": 0.1, "nesterov": True}, "nesterov: expected true (with momentum > 0)"),
+    ({"lr": 0.1, "decay_biases": "no"}, "decay_biases: expected true or false, got 'no'"),
 ])
 def test_bad_hyperparameters_are_named(arguments, message):
     with pytest.raises(ValueError) as err:
