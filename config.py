@@ -61,6 +61,8 @@ DEFAULTS = {
     "save_prepared": False,     # predict: write the 28x28 image fed to the network into plot_dir
     "explain": {"index": None, "versus": None},     # explain: a test image to explain; a class to contrast
     "augment": None,            # None: off; {"shift": pixels, "rotate": degrees, "scale": fraction}
+    "expand": 0,                # pixels; > 0: each training image joins its copies shifted that far
+                                # down, up, right and left (NNDL's expand_mnist.py), 5 images for 1
     "watch": None,              # None: off; {"every": N} records every layer every N training batches (watch.py)
     "tensorboard": None,        # None: off; a folder for TensorBoard's event files, one subfolder a run (board.py)
     "tune": None,               # tune task: the search space and the study, see TUNE_DEFAULTS and tune.py
@@ -235,6 +237,7 @@ CHECKS = {
     "explain": _object({"index": _optional(_integer(0)), "versus": _optional(_integer(0))}),
     "augment": _optional(_object({"shift": _integer(0), "rotate": _number(0, 180), "scale": _number(0, 0.5)},
                                  AUGMENT_DEFAULTS)),
+    "expand": _integer(0),
     "watch": _optional(_object({"every": _integer(1)}, {"every": 50})),
     "tensorboard": _optional(_string()),
     "tune": _optional(_object({"space": _object_of_anything(), "trials": _integer(1), "workers": _integer(1),

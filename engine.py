@@ -28,7 +28,7 @@ import tasks
 from board import Board
 from backend import device_errors, get_backend, map_arrays, to_numpy
 from datasets import load_dataset, make_dataset
-from datasets.augment import random_affine
+from datasets.augment import expand_by_shifts, random_affine
 from errors import ConfigError, DataError
 from log import epoch_line, fmt
 from model import build_trainable, forward_in_eval_mode
@@ -220,13 +220,17 @@ class Engine:
 
     def split(self, data):
         """(train x, y, validation x, y): the last `valid_size` training examples validate, and
-        the first `train_size` (default: all the others) train."""
-        n, valid = len(data["x_train"]), self.config["valid_size"]
+        the first `train_size` (default: all the others) train, each with its shifted copies
+        when `expand` is set (the validation images have none)."""
+        n, valid, pixels = len(data["x_train"]), self.config["valid_size"], self.config["expand"]
         if valid >= n:
             raise DataError(f"valid_size: expected fewer than the {n} training examples, got {valid}")
         cut = n - valid
         train = min(cut, self.config["train_size"] or cut)
-        return data["x_train"][:train], data["y_train"][:train], data["x_train"][cut:], data["y_train"][cut:]
+        x, y = data["x_train"][:train], data["y_train"][:train]
+        if pixels:
+            x, y = expand_by_shifts(x, y, self.info.image_shape, pixels)
+        return x, y, data["x_train"][cut:], data["y_train"][cut:]
 
     # ---- training ----------------------------------------------------------------------------
 

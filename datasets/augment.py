@@ -1,8 +1,11 @@
-"""Data augmentation: each training image moved by its own random shift, rotation and scaling.
+"""Data augmentation: each training image moved by its own random shift, rotation and scaling;
+and NNDL's expansion of the training set by fixed one-pixel shifts.
 
 What this file is: `random_affine(x, image_shape, rng, shift, rotate, scale)` draws one affine
 map per example from `rng` and applies it with `affine`, to the whole batch at once (numpy
 fancy indexing, no loop over examples). The engine calls it on training batches only.
+`expand_by_shifts` makes the training set five times larger once, before training, as
+`expand_mnist.py` of Nielsen's *Neural Networks and Deep Learning* does.
 
 What it is not: no elastic distortion, no noise, nothing on validation or test data.
 
@@ -37,6 +40,21 @@ def random_affine(x, image_shape, rng, shift=0, rotate=0.0, scale=0.0):
     factor = rng.uniform(1 - scale, 1 + scale, n)
     shifts = rng.integers(-shift, shift + 1, (2, n))                     # rows dy, dx
     return affine(x, image_shape, angle, factor, shifts[0], shifts[1])
+
+
+def expand_by_shifts(x, y, image_shape, pixels):
+    """x and y with each image followed by four copies of it, moved `pixels` down, up, right and
+    left, zeros coming in (NNDL's expand_mnist.py, with pixels 1).
+
+    Shape:
+        x (N, H*W), y (N,); returns (5N, H*W) of x's dtype and (5N,): rows 5i to 5i+4 are x[i]
+        and its copies, all labelled y[i].
+    """
+    n = len(x)
+    still, ones = np.zeros(n), np.ones(n)
+    moves = [(pixels, 0), (-pixels, 0), (0, pixels), (0, -pixels)]                  # (dy, dx)
+    copies = [affine(x, image_shape, still, ones, np.full(n, dy), np.full(n, dx)) for dy, dx in moves]
+    return np.stack([x, *copies], axis=1).reshape(5 * n, -1), np.repeat(y, 5)
 
 
 def affine(x, image_shape, angle, factor, dy, dx):

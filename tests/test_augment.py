@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import engine
-from datasets.augment import affine, random_affine
+from datasets.augment import affine, expand_by_shifts, random_affine
 from main import main
 from test_cli import run_error, write_config
 from test_datasets import TINY_NET, write_npz
@@ -97,6 +97,28 @@ def test_the_engine_augments_training_batches_only(tmp_path, capsys, monkeypatch
     assert all(np.array_equal(first[k], again[k]) for k in first)
 
 
+def test_expanding_follows_each_image_by_its_four_one_pixel_shifts():
+    """NNDL's expand_mnist.py: the image, then moved down, up, right and left, same label."""
+    x, y = batch(4), np.array([2, 0, 1, 2])
+    big_x, big_y = expand_by_shifts(x, y, (8, 6), 1)
+    assert big_x.shape == (20, 48) and big_x.dtype == x.dtype
+    np.testing.assert_array_equal(big_y, [2] * 5 + [0] * 5 + [1] * 5 + [2] * 5)
+    for i, image in enumerate(x.reshape(4, 8, 6)):
+        expected = [image] + [moved(image, dy, dx) for dy, dx in [(1, 0), (-1, 0), (0, 1), (0, -1)]]
+        np.testing.assert_array_equal(big_x[5 * i:5 * i + 5].reshape(5, 8, 6), np.stack(expected))
+
+
+def test_the_engine_expands_the_training_images_only(tmp_path, capsys):
+    """30 training images become 150; the 10 validation images stay 10, and so do the test's."""
+    keys = dict(dataset="npz", dataset_args={"path": write_npz(tmp_path / "d.npz")}, network=TINY_NET,
+                valid_size=10, batch_size=8, num_epochs=1, expand=1)
+    config = write_config(tmp_path, **keys)
+    assert main([config]) == 0
+    assert "training on 150 examples, validating on 10" in capsys.readouterr().out
+    assert main([config, "--task", "test"]) == 0
+    assert "/12" in capsys.readouterr().out                        # arrays() holds 12 test images
+
+
 @pytest.mark.parametrize("augment,message", [
     ({"shift": -1}, "error: augment.shift: expected an integer >= 0, got -1"),
     ({"rotate": 200}, "error: augment.rotate: expected a number in [0, 180], got 200"),
@@ -106,3 +128,8 @@ def test_the_engine_augments_training_batches_only(tmp_path, capsys, monkeypatch
 ])
 def test_bad_augment_values_are_named(tmp_path, capsys, augment, message):
     assert run_error(capsys, [write_config(tmp_path, augment=augment)]).startswith(message)
+
+
+def test_a_bad_expand_is_named(tmp_path, capsys):
+    assert run_error(capsys, [write_config(tmp_path, expand=-1)]).startswith(
+        "error: expand: expected an integer >= 0, got -1")

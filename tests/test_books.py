@@ -1,7 +1,6 @@
 """The books' configs (configs/books/) validate and train one small batch, and the pieces they
 added (QuadraticLoss, bias_std, the summary's Init column and training lines) do what their
 docstrings say. The full trainings are in docs/books.md, not here."""
-import json
 import pathlib
 
 import numpy as np
@@ -24,8 +23,6 @@ def test_book_config_trains_a_small_batch(path, tmp_path, mnist_data_dir):
     model_file = tmp_path / f"{path.stem}.pkl"
     args = [str(path), "--set", f"data_dir={mnist_data_dir}", "--set", "train_size=200", "--set", "num_epochs=1",
             "--set", "valid_size=100", "--set", "threads=1", "--set", f"model_file={model_file}", "-q"]
-    if "augment" in json.loads(path.read_text()):
-        args += ["--set", "augment=null"]            # the shifts are tested in test_augment.py
     assert main(args) == 0 and model_file.exists()
 
 
