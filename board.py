@@ -1,7 +1,9 @@
 """A run in TensorBoard: its event files, written by tensorboardX (the one module that imports it).
 
 With `"tensorboard": "runs"` in the config, training writes `runs/<model name>/`, which
-`tensorboard --logdir runs` shows as users of TensorBoard know it:
+`tensorboard --logdir runs` shows as users of TensorBoard know it. A fresh run replaces the
+event files an earlier run left there, once its first epoch ends (so that a run which fails to
+start loses nothing); `--resume` adds to them.
   * Scalars: train/loss and train/lr every batch (x axis: the training batch, counted from 0
     over the whole run); epoch/train_loss, epoch/train_accuracy, epoch/valid_loss,
     epoch/valid_accuracy and epoch/lr every epoch (x axis: the epoch); with "watch", every
@@ -10,23 +12,28 @@ With `"tensorboard": "runs"` in the config, training writes `runs/<model name>/`
   * Histograms, with "watch": each layer's outputs and each parameter's values and gradients,
     as the record's histograms (watch.py), at every recorded batch.
 """
+import contextlib
+import glob
 import os
 
 from errors import ConfigError
 
 
 class Board:
-    """The event files of one run, in `folder/run`."""
+    """The event files of one run, in `folder/run`; `fresh`: the files already there are an
+    earlier run's, removed at the end of this run's first epoch."""
 
-    def __init__(self, folder, run):
+    def __init__(self, folder, run, fresh):
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
             raise ConfigError("tensorboard: writing TensorBoard's files needs the tensorboardX package "
                               "(pip install tensorboardX), or leave the key out") from None
         self.path = os.path.join(folder, run)
+        events = os.path.join(glob.escape(self.path), "events.out.tfevents.*")
         try:
             os.makedirs(self.path, exist_ok=True)
+            self.earlier = glob.glob(events) if fresh else []
             self.writer = SummaryWriter(self.path)
         except OSError as err:
             raise ConfigError(f"tensorboard: cannot write {self.path}: {err.strerror or err}") from None
@@ -39,6 +46,10 @@ class Board:
         for key in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "lr"):
             if record[key] is not None:
                 self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+        for path in self.earlier:                      # this run now has an epoch of its own
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        self.earlier = []
 
     def watch(self, layout, record):
         """One watch record (watch.Watcher.keep) as scalars and histograms at its batch."""

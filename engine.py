@@ -257,7 +257,8 @@ class Engine:
         self.backend.place(model, self.rng, c["threads"]).pack(optimizer.pack_group)
         optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
         self.log.debug(repr(model))
-        board = Board(c["tensorboard"], os.path.splitext(os.path.basename(c["model_file"]))[0]) if c["tensorboard"] else None
+        run_name = os.path.splitext(os.path.basename(c["model_file"]))[0]
+        board = Board(c["tensorboard"], run_name, fresh=not resume) if c["tensorboard"] else None
         x_train, y_train, x_valid, y_valid = map(self.backend.to_device, self.split(self.load_data("train")))
         watcher = Watcher(model, c["watch"]["every"], math.ceil(len(x_train) / c["batch_size"]),
                           progress.setdefault("watch", [])) if c["watch"] else None

@@ -196,6 +196,21 @@ def test_tensorboard_shows_the_run(tmp_path, mnist_data_dir):
     assert [event.step for event in events.Histograms("network[2]/gamma_grad")] == [0, 4, 8, 12, 16, 20]
 
 
+def test_a_fresh_run_replaces_the_earlier_runs_events(tmp_path, mnist_data_dir):
+    """Run twice, TensorBoard shows the second run alone, not two runs drawn over each other."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    config = write_config(tmp_path, mnist_data_dir, "board", tensorboard=str(tmp_path / "runs"))
+    assert main([config]) == 0 and main([config, "--set", "seed=2"]) == 0
+    folder = tmp_path / "runs" / "board"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    history = json.load(open(tmp_path / "board.history.json"))                   # the second run's
+    assert [event.step for event in events.Scalars("train/loss")] == list(range(24))
+    np.testing.assert_allclose([event.value for event in events.Scalars("epoch/train_loss")],
+                               [r["train_loss"] for r in history], rtol=1e-6)
+
+
 def test_tensorboard_without_its_package_or_folder_is_one_error_line(tmp_path, mnist_data_dir, capsys, monkeypatch):
     (tmp_path / "a_file").write_text("")
     config = write_config(tmp_path, mnist_data_dir, "board", tensorboard=str(tmp_path / "a_file"))
