@@ -3,7 +3,8 @@
 With `"watch": {"every": N}` in the config, the engine hands every Nth training batch (the
 first included) to a `Watcher`, which records for each layer, in network order:
   * its output: mean, standard deviation, a histogram, and for ReLU the fraction of dead units
-    (0 for every example of the batch), for Tanh and Sigmoid the fraction of saturated values
+    (0 for every example of the batch; a conv layer's unit is a channel, dead when 0 at every
+    position), for Tanh and Sigmoid the fraction of saturated values
     (within 0.01 of a bound, where the slope is below 0.02);
   * the norm of dL/dx, the gradient that reaches its input;
   * for each parameter: its norm and a histogram, its gradient's norm and a histogram, and the
@@ -127,7 +128,7 @@ def histogram(a):
 def output_statistics(layer, y):
     """mean, std, histogram, and the dead (ReLU) or saturated (Tanh, Sigmoid) fraction of y."""
     if isinstance(layer, ReLU):
-        fraction = np.mean(np.all(y.reshape(len(y), -1) == 0, axis=0))   # units off for every example
+        fraction = dead_fraction(y)
     elif isinstance(layer, Tanh):
         fraction = np.mean(np.abs(y) > 1 - SATURATED)
     elif isinstance(layer, Sigmoid):
@@ -135,6 +136,14 @@ def output_statistics(layer, y):
     else:
         fraction = nan_beside(y)
     return [np.mean(y), np.std(y)] + histogram(y) + [fraction]
+
+
+def dead_fraction(y):
+    """The share of y's units that are 0 for every example: y's features (its last axis), or
+    the channels of a conv layer's (N, C, H, W), where one filter feeds every position (so the
+    black border of an image, 0 everywhere, does not count as dead units)."""
+    axes = (0, 2, 3) if y.ndim == 4 else tuple(range(y.ndim - 1))
+    return np.mean(np.all(y == 0, axis=axes))
 
 
 def unpack(numbers, layout, step, epoch, batch, lr, loss_value):

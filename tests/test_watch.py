@@ -75,6 +75,17 @@ def test_a_fresh_run_without_watch_removes_an_earlier_record(tmp_path, mnist_dat
     assert not os.path.exists(runfiles.watch_path(str(tmp_path / "again.pkl")))
 
 
+def test_a_conv_layer_is_dead_by_channels_and_a_dense_one_by_units():
+    """A channel that is 0 on the border only is alive; one 0 everywhere is dead."""
+    y = np.ones((5, 4, 6, 6))
+    y[:, :, 0, :] = 0                                  # every channel: the top row black
+    y[:, 1] = 0                                        # channel 1: black everywhere
+    y[:4, 2] = 0                                       # channel 2: alive in one example
+    assert watch.dead_fraction(y) == 0.25
+    dense = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    assert watch.dead_fraction(dense) == pytest.approx(1 / 3)
+
+
 def test_a_histogram_leaves_out_what_is_not_finite():
     low, high, counts = watch.histogram(np.array([1.0, np.nan, np.inf, 3.0, -np.inf], dtype=np.float32))
     assert (float(low), float(high)) == (1.0, 3.0) and counts.sum() == 2 and counts[0] == counts[-1] == 1
@@ -119,7 +130,7 @@ def test_the_shipped_configs_give_no_false_alarm(path, tmp_path, mnist, mnist_da
         with evaluating(model):
             for i in range(layer + 1):
                 x = model.layers[i].forward(x)
-        assert np.all(x.reshape(len(x), -1) == 0, axis=0).mean() > reported - 0.15, line
+        assert watch.dead_fraction(x) > reported - 0.15, line
 
 
 def test_recording_changes_nothing_on_threads(tmp_path, mnist_data_dir):
