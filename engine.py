@@ -167,6 +167,7 @@ class Engine:
         self.rng = np.random.default_rng(config["seed"])
         self.dataset = make_dataset(config)
         self.info = self.dataset.info()
+        self.trained_with = None         # a loaded model file's config (tasks.load_trained)
         self._backend = None
 
     @property

@@ -36,6 +36,7 @@ def load_trained(engine):
                              f"{'; '.join(different)}); use the config it was trained with, or set model_file "
                              f"to a model trained with this one")
     engine.log.info(f"loaded the model from {c['model_file']}")
+    engine.trained_with = saved                   # the config the file was trained with, its seed included
     if saved["dtype"] != c["dtype"]:
         engine.log.warning(f"{c['model_file']} was saved in {saved['dtype']}, the config says {c['dtype']}: "
                            f"the model runs in {saved['dtype']}")
@@ -237,8 +238,9 @@ def first_layer_weight(model, image_shape):
 
 def initial_first_layer(engine, weight):
     """The weights `weight` (first_layer_weight's) had before training, as a host array: the
-    network built again from the config's seed, as training built it first thing."""
-    c = engine.config
+    network built again from the seed it was trained with (the model file's, whatever the
+    config says now), as training built it first thing."""
+    c = engine.trained_with
     model = build_model(c["network"], to_numpy(weight).dtype, np.random.default_rng(c["seed"]), c["network_names"])
     initial = first_layer_weight(model, engine.info.image_shape)
     return initial if initial is not None and initial.shape == weight.shape else None
