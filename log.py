@@ -23,6 +23,11 @@ def fmt(value):
     return f"{value:.4f}" if abs(value) > 1e-3 or value == 0 else f"{value:.4e}"
 
 
+def counted(n, noun, plural=None):
+    """"1 epoch", "2 epochs": n and its noun, plural (noun + "s" unless given) unless n is 1."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def fmt_seconds(seconds):
     """A duration: 0.42s under ten seconds, 12.3s from there."""
     return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"

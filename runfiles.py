@@ -21,6 +21,7 @@ import os
 from backend import map_arrays, to_numpy
 from config import LOCAL_KEYS, changes
 from errors import ConfigError, ModelFileError
+from log import counted
 from utils import atomic_write, copy_arrays, read_pickle, save_model
 
 
@@ -68,7 +69,7 @@ def load_checkpoint(config, model, optimizer, rng, threads, log):
                           "or more, or train without --resume")
     if progress["epoch"] > epochs or (progress["stopped"] and epochs == then):
         trained = progress["epoch"] - 1
-        epochs_text = f"{trained} epoch{'s' if trained != 1 else ''}"
+        epochs_text = counted(trained, "epoch")
         ended = (f"stopped early after {epochs_text}" if progress["stopped"]
                  else f"has already trained {epochs_text}")
         raise ConfigError(f"--resume: the run {ended} (num_epochs {then}); "

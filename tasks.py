@@ -14,6 +14,7 @@ from backend import to_numpy
 from config import changes
 from datasets.prepare import prepare_image
 from errors import ConfigError, DataError, ModelFileError
+from log import counted
 from model import build_model, forward_in_eval_mode
 from nn_module import Flatten, Reshape, Softmax
 from runfiles import read_history, read_watch, watch_path
@@ -204,8 +205,8 @@ def watch_task(engine):
                           f"\"watch\": {{\"every\": 50}} in the config (or --set watch.every=50) first")
     records = watch["records"]
     epochs = records[-1]["epoch"] if records else 0
-    engine.log.result(f"{watch_path(model_file)}: {len(records)} records of {len(watch['layout'])} layers, "
-                      f"every {watch['every']} batches, {epochs} epoch{'s' if epochs != 1 else ''}")
+    engine.log.result(f"{watch_path(model_file)}: {counted(len(records), 'record')} of "
+                      f"{counted(len(watch['layout']), 'layer')}{spacing(records)}, {counted(epochs, 'epoch')}")
     lines = diagnose(watch)
     for line in lines or ["no problem found: no dead or saturated layer, no vanishing or exploding gradient, "
                           "update-to-weight ratios between 1e-5 and 1e-1"]:
@@ -244,6 +245,17 @@ def initial_first_layer(engine, weight):
     model = build_model(c["network"], to_numpy(weight).dtype, np.random.default_rng(c["seed"]), c["network_names"])
     initial = first_layer_weight(model, engine.info.image_shape)
     return initial if initial is not None and initial.shape == weight.shape else None
+
+
+def spacing(records):
+    """", every 50 batches" from the records' own steps (a resumed run may have changed
+    watch.every: ", every 50 to 100 batches"); "" for a single record."""
+    gaps = sorted({b["step"] - a["step"] for a, b in zip(records, records[1:])})
+    if not gaps:
+        return ""
+    if len(gaps) == 1:
+        return f", every {counted(gaps[0], 'batch', 'batches')}"
+    return f", every {gaps[0]} to {gaps[-1]} batches"
 
 
 def confusion_matrix(y, predicted, num_classes):

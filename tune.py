@@ -50,7 +50,7 @@ import numpy as np
 from config import LOCAL_KEYS, apply_override, changes, validate
 from engine import Engine, Interrupted, stop_requests
 from errors import ConfigError, DataError
-from log import Logger
+from log import Logger, counted
 from model import build_model
 from parallel import available_cores
 from runfiles import checkpoint_path
@@ -89,7 +89,7 @@ def run(config_path, raw, config, log):
     add_slots(study, plan, created)
     grid = " (grid: every combination once, whatever tune.trials says)" if plan.sampler == "grid" else ""
     log.info(f"study {plan.name} in {plan.shown_url}: {plan.trials} trials{grid}, "
-             f"{plan.workers} worker{'s' if plan.workers > 1 else ''} here")
+             f"{counted(plan.workers, 'worker')} here")
     failed = []
     try:
         if plan.workers == 1:

@@ -68,6 +68,17 @@ def test_a_diverging_watched_run_ends_in_one_error_line(tmp_path, mnist_data_dir
     assert "no model was saved yet" in err and not os.path.exists(tmp_path / "diverged.pkl")
 
 
+def test_the_watch_task_counts_the_records_as_they_were_made(tmp_path, mnist_data_dir, capsys):
+    """Resumed with another watch.every, the record says both spacings (12 batches an epoch)."""
+    config = write_config(tmp_path, mnist_data_dir, "spaced", num_epochs=1, watch={"every": 4})
+    assert main([config]) == 0
+    assert main([config, "--resume", "--set", "num_epochs=2", "--set", "watch.every=6"]) == 0
+    capsys.readouterr()
+    assert main([config, "--task", "watch"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith("spaced.watch.json: 5 records of 10 layers, every 4 to 6 batches, 2 epochs"), first
+
+
 def test_a_fresh_run_without_watch_removes_an_earlier_record(tmp_path, mnist_data_dir):
     config = write_config(tmp_path, mnist_data_dir, "again", num_epochs=1, watch={"every": 4})
     assert main([config]) == 0 and os.path.exists(runfiles.watch_path(str(tmp_path / "again.pkl")))
@@ -258,7 +269,10 @@ def test_the_initial_weights_are_those_training_started_from(tmp_path, mnist_dat
     assert main([config]) == 0
     model, _ = load_model(str(tmp_path / "still.pkl"))
     weight = model.layers[0].params["weight"]
-    initial = tasks.initial_first_layer(Engine(load_config(config), Logger(0)), weight)
-    assert np.array_equal(initial, weight)
-    other = tasks.initial_first_layer(Engine(load_config(config, ["seed=8"]), Logger(0)), weight)
-    assert not np.array_equal(other, weight)
+    for changes in ([], ["seed=8"]):                   # the model file's seed, whatever the config says now
+        engine = Engine(load_config(config, changes), Logger(0))
+        tasks.load_trained(engine)
+        assert np.array_equal(tasks.initial_first_layer(engine, weight), weight)
+    layers = load_config(config)["network"]            # another seed would have drawn other weights
+    other = build_trainable(layers, "SoftmaxCrossEntropyLoss", np.float32, np.random.default_rng(8))[0]
+    assert not np.array_equal(other.layers[0].params["weight"], weight)
