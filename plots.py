@@ -160,13 +160,15 @@ def epochs_of(watch):
 def over_training(plt, watch, series, ylabel, title, path, show, log=True, guide=None, ylim=None):
     """One line per entry of `series` ([(label, values per record, layer index, solid)], in
     network order) against training time: a colour a layer, solid for weights and dashed for
-    the layer's other parameters. `guide`, a (value, label), is drawn as a black dashed line."""
+    the layer's other parameters. `guide`, a (value, label), is drawn as a black dashed line.
+    With a single record there is no line to draw: each value is a dot."""
     x, xlabel = epochs_of(watch)
     colours = layer_colours(plt, len(watch["layout"]))
+    marker = "o" if len(x) == 1 else None
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for label, values, layer, solid in series:
         ax.plot(x, [np.nan if v is None else v for v in values], color=colours[layer], lw=1.4 if solid else 1,
-                ls="-" if solid else "--", label=label)
+                ls="-" if solid else "--", marker=marker, label=label)
     if guide:
         ax.axhline(guide[0], color="black", ls=":", lw=1.5, label=guide[1])
     if log:

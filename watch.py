@@ -175,7 +175,7 @@ DEAD = 0.3              # a ReLU layer with more of its units dead than this has
 MOSTLY = 0.5            # a tanh or sigmoid layer with more of its values saturated than this
 VANISHING = 1e-2        # first layer's typical weight gradient below this times the last's
 EXPLODING = 1e2         # or above this
-TOO_HIGH = 1e-1         # an update-to-weight ratio far above 1e-2 (about 1e-3 is healthy)
+TOO_HIGH = 1e-1         # an update-to-weight ratio above this is far too high (about 1e-3 is healthy)
 TOO_LOW = 1e-5
 
 
