@@ -48,7 +48,8 @@ def run_error(capsys, argv):
     ({"optimizer": {"name": "sgd", "momentun": 0.9}}, "error: optimizer.momentun: unknown argument of SGD; "
                                                       "did you mean 'momentum'?"),
     ({"optimizer": {"name": "momentum", "momentum": 1.5}}, "error: optimizer.momentum: expected a number in [0, 1)"),
-    ({"optimizer": {"name": "adam", "decay_biases": "no"}}, "error: optimizer.decay_biases: expected true or false, got 'no'"),
+    ({"optimizer": {"name": "adam", "decay_biases": "no"}},
+     "error: optimizer.decay_biases: expected true or false, got 'no'"),
     ({"network": []}, "error: network: expected at least one layer"),
     ({"network": [{"class": "Lineer", "n_in": 784, "n_out": 10}]},
      "error: network[0].class: unknown 'Lineer'; did you mean 'Linear'?"),

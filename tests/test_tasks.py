@@ -285,7 +285,7 @@ def test_plot_epoch_ticks_are_whole_and_the_first_layer_shows_what_training_chan
             "xticks": [tick for ax in fig.axes for tick in ax.get_xticks()]}
         return save(plt, fig, path, show)
     monkeypatch.setattr(plots, "save", recording_save)
-    assert main([config, "--task", "plot", "--set", "plot.count=10", "--set", "seed=9"]) == 0   # not the seed trained with
+    assert main([config, "--task", "plot", "--set", "plot.count=10", "--set", "seed=9"]) == 0   # not the file's seed
     assert figures["curves.png"]["xticks"] and all(t == int(t) for t in figures["curves.png"]["xticks"])
     layer = figures["first_layer.png"]
     assert layer["suptitle"] == ("first layer, change of each unit's weights in training (final - initial): "
