@@ -250,8 +250,9 @@ class AdamW(Adam):
         super().__init__(lr, beta1, beta2, eps, weight_decay, decay_biases)
 
     def update(self, name, p, g):
-        if self.decay(name):
-            p *= 1 - self.lr * self.decay(name)
+        decay = self.decay(name)
+        if decay:
+            p *= 1 - self.lr * decay
         super().update(name, p, g)
 
 
