@@ -14,9 +14,13 @@ start loses nothing); `--resume` adds to them.
 """
 import contextlib
 import glob
+import itertools
 import os
 
 from errors import ConfigError
+
+RUNS = itertools.count()   # tensorboardX names a file by the second it opens; two runs in one second
+                           # (a test, a resume) must still write two files
 
 
 class Board:
@@ -34,7 +38,7 @@ class Board:
         try:
             os.makedirs(self.path, exist_ok=True)
             self.earlier = glob.glob(events) if fresh else []
-            self.writer = SummaryWriter(self.path)
+            self.writer = SummaryWriter(self.path, filename_suffix=f".{os.getpid()}.{next(RUNS)}")
         except OSError as err:
             raise ConfigError(f"tensorboard: cannot write {self.path}: {err.strerror or err}") from None
 

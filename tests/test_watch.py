@@ -6,6 +6,7 @@ import json
 import os
 import re
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -217,9 +218,12 @@ def test_tensorboard_shows_the_run(tmp_path, mnist_data_dir):
     assert [event.step for event in events.Histograms("network[2]/gamma_grad")] == [0, 4, 8, 12, 16, 20]
 
 
-def test_a_fresh_run_replaces_the_earlier_runs_events(tmp_path, mnist_data_dir):
-    """Run twice, TensorBoard shows the second run alone, not two runs drawn over each other."""
+def test_a_fresh_run_replaces_the_earlier_runs_events(tmp_path, mnist_data_dir, monkeypatch):
+    """Run twice, TensorBoard shows the second run alone, not two runs drawn over each other;
+    even when both runs open their files in the same second, which names the file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboardX import event_file_writer
+    monkeypatch.setattr(event_file_writer, "time", types.SimpleNamespace(time=lambda: 1.8e9))
     config = write_config(tmp_path, mnist_data_dir, "board", tensorboard=str(tmp_path / "runs"))
     assert main([config]) == 0 and main([config, "--set", "seed=2"]) == 0
     folder = tmp_path / "runs" / "board"
@@ -230,6 +234,10 @@ def test_a_fresh_run_replaces_the_earlier_runs_events(tmp_path, mnist_data_dir):
     assert [event.step for event in events.Scalars("train/loss")] == list(range(24))
     np.testing.assert_allclose([event.value for event in events.Scalars("epoch/train_loss")],
                                [r["train_loss"] for r in history], rtol=1e-6)
+    assert main([config, "--resume", "--set", "seed=2", "--set", "num_epochs=3"]) == 0   # adds its own file
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == list(range(36))
 
 
 def test_tensorboard_without_its_package_or_folder_is_one_error_line(tmp_path, mnist_data_dir, capsys, monkeypatch):
