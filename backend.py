@@ -10,9 +10,12 @@ so the same lines run on the GPU. Two habits keep that true:
     and the data go to the device once, losses and metrics come back when they are needed,
     files hold numpy arrays.
 
-Random numbers are drawn on the host, from the run's one seeded numpy generator, and moved to
-the device (`Backend.random`): shuffling, dropout masks and augmentation maps are the same on
-every device, and a checkpoint that saves that generator resumes a GPU run exactly.
+Random numbers: shuffling is drawn on the host, from the run's one seeded numpy generator.
+Dropout masks and augmentation maps are drawn where the arrays are (`Backend.random`): on the
+CPU from that same generator; on a device from a `DeviceRandom`, keyed by the run's seed, whose
+numbers are computed on the device from their place in its stream. So a GPU step copies no
+random numbers from the host and reads no host value that changes, and a checkpoint that
+saves the host generator and the device stream's position resumes a run exactly on either.
 
 The device's set-up is here too: how many CPU threads share each batch (`Backend.batch_threads`)
 and the one error line for a device out of memory (`device_errors`).
@@ -20,7 +23,6 @@ and the one error line for a device out of memory (`device_errors`).
 CuPy is imported here and nowhere else, and only when a run asks for the GPU.
 """
 import contextlib
-import copy
 
 import numpy as np
 
@@ -45,9 +47,18 @@ class Backend:
         """`array` (numpy) as an array of this device."""
         return array
 
-    def random(self, rng):
-        """The source of random arrays for layers and augmentation: `rng` itself on the CPU."""
-        return rng
+    def random(self, rng, draws=0):
+        """The source of random arrays for layers and augmentation: on the CPU `rng` itself; on a
+        device a DeviceRandom keyed by rng's seed, `draws` numbers into its stream (0 for a
+        fresh run, the checkpoint's for a resumed one: see `draws`)."""
+        if self.name == "cpu":
+            return rng
+        return DeviceRandom(device_key(rng), self.to_device(np.array(draws, np.uint64)))
+
+    def draws(self, random):
+        """How many numbers `random` (made by `random`) has drawn, for a checkpoint: 0 on the CPU,
+        where the checkpoint saves the generator itself."""
+        return 0 if self.name == "cpu" else int(random.counter)
 
     def describe(self):
         return "CPU (numpy)"
@@ -59,15 +70,21 @@ class Backend:
             return 1
         return threads or available_cores()
 
-    def place(self, model, rng, threads):
-        """`model` with its arrays on this device, its random layers (Dropout) drawing from the
-        device's source of `rng`'s numbers, and on the CPU each batch shared by
+    def place(self, model, random, threads):
+        """`model` with its arrays on this device, its random layers (Dropout) drawing from
+        `random` (made by `random`), and on the CPU each batch shared by
         `batch_threads(model, threads)` threads."""
         model.map_arrays(self.to_device)
         for layer in model.layers:
             if hasattr(layer, "rng"):
-                layer.rng = self.random(rng)
+                layer.rng = random
         return model.use_threads(self.batch_threads(model, threads))
+
+    def place_optimizer(self, optimizer):
+        """`optimizer` with its learning rate and state (optim.py) on this device."""
+        optimizer.lr = self.to_device(optimizer.lr)          # set_lr writes each epoch's rate there
+        optimizer.load_state_dict(map_arrays(self.to_device, optimizer.state_dict()))
+        return optimizer
 
 
 def to_numpy(array):
@@ -87,32 +104,63 @@ def map_arrays(fn, tree):
     return fn(tree) if hasattr(tree, "shape") and hasattr(tree, "dtype") else tree
 
 
-class HostRandom:
-    """Random arrays drawn on the host by a numpy Generator and copied to a device.
+def device_key(rng):
+    """The 64-bit key of a device's generator, from the seed of the host generator `rng`: the
+    same in a resumed run, which restores rng's state but not what it has drawn since."""
+    seed = rng.bit_generator.seed_seq
+    child = np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key + (1,))   # a stream apart from rng's
+    return int(child.generate_state(1, np.uint64)[0])
+
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)                       # SplitMix64's constants (Steele et al. 2014)
+MIX1, MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+class DeviceRandom:
+    """Random arrays computed on a device: number i of the stream is SplitMix64's i-th output for
+    the seed `key`, a hash of key + (i + 1) * GOLDEN. The position i lives on the device too
+    (`counter`, a 0-d uint64 array), and drawing n numbers adds n to it there. So drawing asks
+    the host nothing and takes no host value that changes, and the counter is the whole state:
+    a checkpoint saves it, and a copy (deepcopy, as watch.py makes) draws what the original
+    would draw next.
 
     It offers the Generator methods a layer or the augmentation may use (`random`, `uniform`,
-    `normal`, `integers`), with the same arguments, so they call it as they call `rng`.
+    `normal`, `integers`), with the same arguments, so they call it as they call `rng`; the
+    numbers are others than the host generator's, and the same on every device.
     """
 
-    def __init__(self, rng, to_device):
-        self.rng, self.to_device = rng, to_device
+    def __init__(self, key, counter):
+        self.key, self.counter = np.uint64(key), counter
 
-    def __deepcopy__(self, memo):
-        # a copy of the layers (watch.py) draws what the original would draw next, on the same
-        # device: the generator is copied, the backend shared (a module, cupy, cannot be copied)
-        return HostRandom(copy.deepcopy(self.rng, memo), self.to_device)
+    def bits(self, n):
+        """The stream's next n numbers, uniform over 64 bits: (n,) uint64."""
+        z = self.counter + np.arange(1, n + 1, dtype=np.uint64, like=self.counter)
+        self.counter += np.uint64(n)
+        z = self.key + z * GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * MIX1
+        z = (z ^ (z >> np.uint64(27))) * MIX2
+        return z ^ (z >> np.uint64(31))
 
     def random(self, size=None, dtype=np.float64):
-        return self.to_device(self.rng.random(size, dtype=dtype))
+        """Uniform in [0, 1): the top 24 bits (float32) or 53 bits (float64), which the dtype holds exactly."""
+        shape = () if size is None else size
+        n, dtype = int(np.prod(shape)), np.dtype(dtype)
+        kept = 24 if dtype == np.float32 else 53
+        words = self.bits(n) >> np.uint64(64 - kept)
+        return (words.astype(dtype) * dtype.type(2.0 ** -kept)).reshape(shape)
 
     def uniform(self, low=0.0, high=1.0, size=None):
-        return self.to_device(self.rng.uniform(low, high, size))
+        return low + (high - low) * self.random(size)
 
     def normal(self, loc=0.0, scale=1.0, size=None):
-        return self.to_device(self.rng.normal(loc, scale, size))
+        """Box and Muller's transform of two uniform numbers per normal one."""
+        u1, u2 = self.random(size), self.random(size)
+        return loc + scale * np.sqrt(-2 * np.log1p(-u1)) * np.cos(2 * np.pi * u2)
 
     def integers(self, low, high=None, size=None):
-        return self.to_device(self.rng.integers(low, high, size))
+        """Uniform over low, ..., high - 1 (0, ..., low - 1 without high), as int64."""
+        low, high = (0, low) if high is None else (low, high)
+        return low + np.floor(self.random(size) * (high - low)).astype(np.int64)
 
 
 class CupyBackend(Backend):
@@ -126,9 +174,6 @@ class CupyBackend(Backend):
 
     def to_device(self, array):
         return self.cupy.asarray(array)
-
-    def random(self, rng):
-        return HostRandom(rng, self.to_device)
 
     def describe(self):
         runtime = self.cupy.cuda.runtime

@@ -26,7 +26,7 @@ import numpy as np
 import runfiles
 import tasks
 from board import Board
-from backend import device_errors, get_backend, map_arrays, to_numpy
+from backend import device_errors, get_backend, to_numpy
 from datasets import load_dataset, make_dataset
 from datasets.augment import expand_by_shifts, random_affine
 from errors import ConfigError, DataError
@@ -77,28 +77,50 @@ def stop_requests():
             signal.signal(s, h)
 
 
-class BatchLosses:
-    """The epoch's batch losses on their way to the host. A step's loss stays where it was
-    computed (a 0-d array on the device) until `read`, called as the progress line is redrawn
-    and at the epoch's end, brings every pending one over in one copy: between two reads a batch
-    asks the device nothing, and a GPU never waits for the host. `read` adds them to
-    progress["loss_sum"], stops a run whose loss is not finite (naming the first such batch),
-    warns once a run when a loss explodes, and hands each to TensorBoard."""
+class BatchResults:
+    """The epoch's batch losses and right answers, kept where they were computed until `read`.
 
-    def __init__(self, progress, log, model_file, board=None):
+    A step writes its loss into `losses` at the place `count` says and adds its right answers
+    to `correct` (`add`); all three are arrays beside the batch, on the device, so a step asks
+    the host nothing and takes no host value that changes from one step to the next, as a step
+    replayed from a captured CUDA graph must. `read`, called as the progress line is redrawn
+    and at the epoch's end, brings the losses since the last read over in one copy, adds them
+    to progress["loss_sum"], stops a run whose loss is not finite (naming the first such
+    batch), warns once a run when a loss explodes, and hands each to TensorBoard; `right`
+    brings the count of right answers over.
+
+    Shape:
+        losses (batches,) float64, count () int, correct () int64; `like` is a batch's array.
+    """
+
+    def __init__(self, progress, log, model_file, batches, like, board=None):
         self.progress, self.log, self.model_file, self.board = progress, log, model_file, board
-        self.pending = []           # (loss, batch number, batch size, the run's step, lr)
+        self.losses = np.zeros_like(like, dtype=np.float64, shape=(batches,))
+        self.count = np.zeros_like(like, dtype=np.intp, shape=())
+        self.correct = np.zeros_like(like, dtype=np.int64, shape=()) + progress["correct"]
+        self.read_to = 0            # losses[:read_to] are in progress["loss_sum"]
+        self.pending = []           # (batch number, batch size, the run's step, lr) of each loss after them
 
-    def add(self, value, batch, size, step, lr):
-        self.pending.append((value, batch, size, step, lr))
+    def add(self, value, out, y, batch, size, step, lr):
+        """The loss `value` and the right answers of the outputs `out` for labels `y`, on the device;
+        the rest is the host's own bookkeeping, for `read`."""
+        self.losses[self.count] = value
+        self.count += 1
+        self.correct += (out.argmax(axis=1) == y).sum()
+        self.pending.append((batch, size, step, lr))
+
+    def right(self):
+        """The epoch's right answers so far, as a Python int (a copy from the device)."""
+        return int(self.correct)
 
     def read(self):
         if not self.pending:
             return
-        values = to_numpy(np.stack([entry[0] for entry in self.pending])).tolist()
         pending, self.pending = self.pending, []
+        values = to_numpy(self.losses[self.read_to:self.read_to + len(pending)]).tolist()
+        self.read_to += len(pending)
         epoch = self.progress["epoch"]
-        for value, (_, batch, size, step, lr) in zip(values, pending):
+        for value, (batch, size, step, lr) in zip(values, pending):
             if not math.isfinite(value):
                 kept = (f"the best model so far is kept in {self.model_file}" if self.progress["best_accuracy"] >= 0
                         else "no model was saved yet")
@@ -134,11 +156,13 @@ def new_progress():
     history:           one record per finished epoch (see `Engine.train`);
     first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
                        times it was reported (see `BatchLosses.warn_if_exploding`);
-    watch:             the watch records so far (watch.py), with "watch" in the config.
+    watch:             the watch records so far (watch.py), with "watch" in the config;
+    draws:             the numbers a device's generator has drawn (backend.DeviceRandom; 0 on the
+                       CPU, whose generator the checkpoint saves whole).
     """
     return {"epoch": 1, "batch": 0, "order": None, "loss_sum": 0.0, "correct": 0, "seconds": 0.0,
             "best_accuracy": -1.0, "stale": 0, "stopped": False, "history": [],
-            "first_loss": None, "warned_exploding": False, "watch": []}
+            "first_loss": None, "warned_exploding": False, "watch": [], "draws": 0}
 
 
 def train_step(model, loss, optimizer, x, y, clip_norm=None):
@@ -255,8 +279,9 @@ class Engine:
         replaces = not resume and runfiles.replaces_checkpoint(c["model_file"])   # a finished run's
         progress = (runfiles.load_checkpoint(c, model, optimizer, self.rng, self.threads(model), self.log)
                     if resume else new_progress())
-        self.backend.place(model, self.rng, c["threads"]).pack(optimizer.pack_group)
-        optimizer.load_state_dict(map_arrays(self.backend.to_device, optimizer.state_dict()))
+        random = self.backend.random(self.rng, progress.setdefault("draws", 0))   # masks and augmentation
+        self.backend.place(model, random, c["threads"]).pack(optimizer.pack_group)
+        self.backend.place_optimizer(optimizer)
         self.log.debug(repr(model))
         run_name = os.path.splitext(os.path.basename(c["model_file"]))[0]
         board = Board(c["tensorboard"], run_name, fresh=not resume) if c["tensorboard"] else None
@@ -270,16 +295,17 @@ class Engine:
         with stop_requests() as stop:
             while progress["epoch"] <= c["num_epochs"] and not progress["stopped"]:
                 epoch = progress["epoch"]
-                optimizer.lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
-                                             c["start_epoch_decay"], c["warmup_epochs"])
+                lr = learning_rate(epoch, c["lr"], c["schedule"], c["num_epochs"], c["decay_rate"],
+                                   c["start_epoch_decay"], c["warmup_epochs"])
+                optimizer.set_lr(lr)
                 start = time.perf_counter()
-                self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop, watcher, board)
+                self.train_epoch(model, loss, optimizer, x_train, y_train, progress, stop, random, lr, watcher, board)
                 if replaces:         # kept until this run writes files of its own, so a failed start loses nothing
                     runfiles.remove_checkpoint(c["model_file"])
                     replaces = False
                 record = {"epoch": epoch, "train_loss": progress["loss_sum"] / len(x_train),
                           "train_accuracy": progress["correct"] / len(x_train),
-                          "valid_loss": None, "valid_accuracy": None, "lr": optimizer.lr}
+                          "valid_loss": None, "valid_accuracy": None, "lr": lr}
                 if len(x_valid) and (epoch % c["valid_epoch"] == 0 or epoch == c["num_epochs"]):
                     record["valid_loss"], record["valid_accuracy"] = self.evaluate(model, loss, x_valid, y_valid)
                     self.keep_if_best(model, record, progress)
@@ -301,7 +327,7 @@ class Engine:
                     on_epoch(record)
         if not len(x_valid):
             save_model(c["model_file"], model, c, {"epoch": progress["epoch"] - 1})
-        self.save_checkpoint(model, optimizer, progress)     # the last state, which --resume can extend
+        self.save_checkpoint(model, optimizer, progress, random)     # the last state, which --resume can extend
         if board:
             board.close()
         for line in diagnose(watcher.record()) if watcher else ():
@@ -319,18 +345,17 @@ class Engine:
         else:
             progress["stale"] += 1
 
-    def train_epoch(self, model, loss, optimizer, x, y, progress, stop, watcher=None, board=None):
+    def train_epoch(self, model, loss, optimizer, x, y, progress, stop, random, lr, watcher=None, board=None):
         """Runs train_step on the epoch's remaining mini-batches, in the shuffled order
-        `progress["order"]`, and keeps the running loss and accuracy in `progress`; `watcher`
-        records the batches it is due for, `board` writes each batch."""
+        `progress["order"]`, and keeps the running loss and accuracy in `progress`; `random`
+        draws the augmentation's maps, `lr` is the epoch's rate (for messages: the optimizer
+        holds its own), `watcher` records the batches it is due for, `board` writes each batch."""
         c, epoch = self.config, progress["epoch"]
         if progress["order"] is None:
             progress["order"] = self.rng.permutation(len(x))
         batch_size, order = c["batch_size"], self.backend.to_device(progress["order"])
         batches, start, first = math.ceil(len(x) / batch_size), time.perf_counter(), progress["batch"]
-        correct = progress["correct"]      # counted where the outputs are: no copy to the host per batch
-        losses = BatchLosses(progress, self.log, c["model_file"], board)
-        random = self.backend.random(self.rng)
+        results = BatchResults(progress, self.log, c["model_file"], batches - first, x, board)
         model.train()
         for b in range(first, batches):
             index = order[b * batch_size:(b + 1) * batch_size]
@@ -338,33 +363,32 @@ class Engine:
             if c["augment"]:                                   # training batches only
                 xb = random_affine(xb, self.info.image_shape, random, **c["augment"])
             step = (epoch - 1) * batches + b                   # the run's training batch, from 0
-            with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported by losses.read
+            with np.errstate(over="ignore", invalid="ignore"):    # a non-finite loss is reported by results.read
                 look = watcher.look(loss, xb, yb) if watcher and watcher.due(step) else None
                 value, out = train_step(model, loss, optimizer, xb, yb, c["clip_grad_norm"])
                 if look:
-                    watcher.keep(look, step, epoch, b + 1, optimizer.lr, value)
-            losses.add(value, b + 1, len(index), step, optimizer.lr)
+                    watcher.keep(look, step, epoch, b + 1, lr, value)
+            results.add(value, out, yb, b + 1, len(index), step, lr)
             if board and look:
                 board.watch(watcher.layout(), watcher.records[-1])
-            correct = correct + (out.argmax(axis=1) == yb).sum()
             progress["batch"] = b + 1
             seen = min(len(x), (b + 1) * batch_size)
             rate = (seen - first * batch_size) / max(time.perf_counter() - start, 1e-9)   # examples per second
 
             def shown():                                       # only when the line is drawn: it reads the device
-                losses.read()
-                return (f"loss {fmt(progress['loss_sum'] / seen)} acc {100 * int(correct) / seen:.2f}% "
+                results.read()
+                return (f"loss {fmt(progress['loss_sum'] / seen)} acc {100 * results.right() / seen:.2f}% "
                         f"{rate:.0f} ex/s eta {(len(x) - seen) / rate:.0f}s")
             self.log.progress(b + 1, batches, shown)
             if stop.is_set():
-                losses.read()
-                progress["correct"] = int(correct)
+                results.read()
+                progress["correct"] = results.right()
                 progress["seconds"] += time.perf_counter() - start
-                self.save_checkpoint(model, optimizer, progress)
+                self.save_checkpoint(model, optimizer, progress, random)
                 raise Interrupted(f"interrupted at epoch {epoch}, batch {b + 1}; checkpoint saved to "
                                   f"{runfiles.checkpoint_path(c['model_file'])}: continue with --resume")
-        losses.read()
-        progress["correct"] = int(correct)
+        results.read()
+        progress["correct"] = results.right()
 
     def evaluate(self, model, loss, x, y):
         """(mean loss, accuracy) of `model` in eval mode."""
@@ -375,7 +399,9 @@ class Engine:
         """How many threads share each batch of `model` in this run (Backend.batch_threads)."""
         return self.backend.batch_threads(model, self.config["threads"])
 
-    def save_checkpoint(self, model, optimizer, progress):
-        """This run's checkpoint (runfiles.py): everything a resumed run needs."""
+    def save_checkpoint(self, model, optimizer, progress, random):
+        """This run's checkpoint (runfiles.py): everything a resumed run needs, `random`'s place
+        in its stream too (Backend.draws)."""
+        progress["draws"] = self.backend.draws(random)
         runfiles.save_checkpoint(self.config, model, optimizer, self.rng, progress, self.threads(model))
 

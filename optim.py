@@ -9,6 +9,14 @@ With `decay_biases` false, weight decay shrinks the weights only, as NNDL's L2 t
 the trainer packs two arrays instead, "weights" and "biases" (see `pack_group`).
 A schedule maps the epoch number (1-based) to a learning rate.
 
+The learning rate and Adam's step count are 0-d arrays, not Python numbers: the trainer moves
+them to the parameters' device with the rest of the optimizer's state, `set_lr` writes each
+epoch's rate into the same array, and `t += 1` counts on the device. So a step asks the host
+nothing and takes no value from it that changes between steps, as a step replayed from a
+captured CUDA graph must. The scalars are worked out in float64, as Python's floats are, and
+applied in the parameters' dtype (`scalar`), as numpy applies a Python float: a float32 run
+gets the numbers it got when they were Python floats.
+
 Optimizers are looked up by lower-case class name: config `{"name": "adam", "beta1": 0.9}`
 builds `Adam(lr=..., beta1=0.9)`.
 """
@@ -40,6 +48,11 @@ def check_number(name, value, low, high, low_open=False, high_open=False):
     return float(value)
 
 
+def scalar(value, p):
+    """A float64 0-d array (or number) in p's dtype, for multiplying p or its gradient."""
+    return value.astype(p.dtype, copy=False)
+
+
 def is_weight(name):
     """Whether weight decay reaches parameter `name` when biases are spared: a weight's own name
     starts with "weight" ("0.weight", "3.weight_ih", the packed "weights"); a bias, and
@@ -51,18 +64,23 @@ class Optimizer:
     """Base class: `step(params, grads)` updates every `params[name]` in place.
 
     Every optimizer takes `weight_decay` (L2, >= 0) and `decay_biases` (whether the decay
-    reaches the biases too; true unless given, as in PyTorch and Keras). STATE names the
-    attributes a resumed run needs besides the parameters.
+    reaches the biases too; true unless given, as in PyTorch and Keras). `lr` is a 0-d float64
+    array (see the module docstring). STATE names the attributes a resumed run needs besides
+    the parameters; the rate is not one of them: the schedule sets it at every epoch's start.
     """
 
     STATE = ()
 
     def __init__(self, lr, weight_decay=0.0, decay_biases=True):
-        self.lr = check_number("lr", lr, 0, math.inf, low_open=True)
+        self.lr = np.array(check_number("lr", lr, 0, math.inf, low_open=True))
         self.weight_decay = check_number("weight_decay", weight_decay, 0, math.inf)
         if not isinstance(decay_biases, bool):
             raise ValueError(f"decay_biases: expected true or false, got {decay_biases!r}")
         self.decay_biases = decay_biases
+
+    def set_lr(self, value):
+        """Makes `value` the learning rate, written into the array `lr`, wherever it lives."""
+        self.lr[...] = value
 
     def decay(self, name):
         """The weight decay of parameter `name`: weight_decay, or 0 for a bias that is spared."""
@@ -95,7 +113,7 @@ class Optimizer:
             setattr(self, key, state[key])
 
     def __repr__(self):
-        return f"{type(self).__name__}(lr={self.lr:g})"
+        return f"{type(self).__name__}(lr={float(self.lr):g})"
 
 
 @register
@@ -133,7 +151,7 @@ class SGD(Optimizer):
             v *= self.momentum
             v += g
             g = g + self.momentum * v if self.nesterov else v
-        p -= self.lr * g
+        p -= scalar(self.lr, p) * g
 
 
 @register
@@ -146,19 +164,24 @@ class Momentum(SGD):
 
 class _Adaptive(Optimizer):
     """Shared by the optimizers that keep per-parameter running averages: checks `eps`, and
-    counts steps (t, from 1) for bias correction."""
+    counts steps (t, from 1; a 0-d integer array) for bias correction."""
 
     STATE = ("t", "slots")
 
     def __init__(self, lr, eps, weight_decay, decay_biases):
         super().__init__(lr, weight_decay, decay_biases)
         self.eps = check_number("eps", eps, 0, 1, low_open=True)
-        self.t = 0
+        self.t = np.array(0)
         self.slots = {}                  # name -> {"m": ..., "v": ...} or {"s": ...}, created once
 
     def step(self, params, grads):
-        self.t += 1
+        self.t += 1                      # in place: on the device, where the array is
         super().step(params, grads)
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if isinstance(self.t, int):      # a checkpoint written when t was a Python int
+            self.t = np.array(self.t)
 
     def slot(self, name, key, like):
         """The running average `key` of parameter `name`, created as zeros on first use."""
@@ -184,7 +207,7 @@ class AdaGrad(_Adaptive):
         g = self.add_decay(name, p, g)
         s = self.slot(name, "s", p)
         s += g * g
-        p -= self.lr * g / (np.sqrt(s) + self.eps)
+        p -= scalar(self.lr, p) * g / (np.sqrt(s) + self.eps)
 
 
 @register
@@ -205,7 +228,7 @@ class RMSProp(_Adaptive):
         s = self.slot(name, "s", p)
         s *= self.rho
         s += (1 - self.rho) * g * g
-        p -= self.lr * g / (np.sqrt(s) + self.eps)
+        p -= scalar(self.lr, p) * g / (np.sqrt(s) + self.eps)
 
 
 @register
@@ -231,9 +254,9 @@ class Adam(_Adaptive):
         m += (1 - self.beta1) * g
         v *= self.beta2
         v += (1 - self.beta2) * g * g
-        m_hat = m / (1 - self.beta1 ** self.t)                 # bias correction: m, v start at 0
-        v_hat = v / (1 - self.beta2 ** self.t)
-        p -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        m_hat = m / scalar(1 - self.beta1 ** self.t, p)        # bias correction: m, v start at 0
+        v_hat = v / scalar(1 - self.beta2 ** self.t, p)
+        p -= scalar(self.lr, p) * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
 @register
@@ -252,7 +275,7 @@ class AdamW(Adam):
     def update(self, name, p, g):
         decay = self.decay(name)
         if decay:
-            p *= 1 - self.lr * decay
+            p *= scalar(1 - self.lr * decay, p)
         super().update(name, p, g)
 
 

@@ -45,7 +45,7 @@ def load_trained(engine):
     if saved.get("dataset") != c["dataset"]:
         engine.log.warning(f"the model was trained on {saved.get('dataset')}, not {c['dataset']}")
     engine.check_fits(model)
-    return engine.backend.place(model, engine.rng, c["threads"])
+    return engine.backend.place(model, engine.backend.random(engine.rng), c["threads"])
 
 
 def probabilities(model, x):

@@ -378,7 +378,7 @@ def watch_cost(data, repeats, threads, every=50):
         def recorded_step():
             look = watcher.look(loss, x, y)
             value, _ = step()
-            watcher.keep(look, 0, 1, 1, optimizer.lr, value)
+            watcher.keep(look, 0, 1, 1, float(optimizer.lr), value)
         plain, recorded = [], []
         for _ in range(max(10, 5 * repeats)):                       # alternating: both see the same machine
             plain.append(median_seconds(step, 1))

@@ -15,11 +15,16 @@ launches at least one GPU kernel in CuPy; a view, such as most reshapes, a trans
 and a bare allocation launch none), and "host copies", the values brought back to the host
 (each waits for the GPU to finish its queue; so does an operation whose result's size depends
 on the values, such as a boolean mask's selection). benchmarks/bench.py's `launches` item and
-the tests read it. Results keep numpy's memory layout, but for the joins (`stack`,
+the tests read it. `tracing()` also writes down each operation with what it was given: the
+shapes and dtypes of its arrays and the values of its plain numbers. A step that a CUDA graph
+can replay gives the same trace every time: a host value that changes from step to step (a
+learning rate passed as a Python float, a step count kept on the host) shows as a difference,
+as does a host array copied to the device ("to device", also tallied). Results keep numpy's memory layout, but for the joins (`stack`,
 `concatenate`), which CuPy returns in C order, so that a reshape after them is counted as CuPy
 would run it.
 """
 import collections
+import contextlib
 import numbers
 import operator
 
@@ -29,6 +34,7 @@ import backend
 
 
 tally = collections.Counter()
+trace = None                     # a list while `tracing`: (operation, its arguments' signature)
 ALLOCATIONS = {"empty", "empty_like"}                                # memory handed out, nothing computed
 SIZED_BY_VALUES = {"nonzero", "argwhere", "flatnonzero", "unique"}   # CuPy reads the values on the host first
 JOINS = {"stack", "concatenate"}                                     # CuPy gives them C order
@@ -36,6 +42,40 @@ JOINS = {"stack", "concatenate"}                                     # CuPy give
 
 class HostDeviceMix(TypeError):
     """A host (numpy) array met a device array, or a device array was converted implicitly."""
+
+
+@contextlib.contextmanager
+def tracing():
+    """A block whose device operations are written down in the list it yields (see the docstring)."""
+    global trace
+    trace, outer = [], trace
+    try:
+        yield trace
+    finally:
+        trace = outer
+
+
+def _signature(value):
+    """What an operation was given, as a trace writes it: arrays by shape and dtype, plain
+    values by value."""
+    if isinstance(value, DeviceArray):
+        value = value.array
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, value.dtype.str)
+    if isinstance(value, (list, tuple)):
+        return tuple(_signature(v) for v in value)
+    if isinstance(value, dict):
+        return tuple((k, _signature(v)) for k, v in sorted(value.items()))
+    if isinstance(value, slice):
+        return ("slice", value.start, value.stop, value.step)
+    if isinstance(value, (numbers.Number, np.generic, str, np.dtype, type, type(None), type(Ellipsis))):
+        return repr(value)
+    return type(value).__name__                      # a ufunc, a function
+
+
+def _note(name, *args):
+    if trace is not None:
+        trace.append((name, _signature(args)))
 
 
 def _unwrap(value):
@@ -91,6 +131,7 @@ class DeviceArray:
 
     # -- what numpy hands over --------------------------------------------------------------
     def __array_function__(self, func, types, args, kwargs):
+        _note(func.__name__, args, kwargs)
         args = _unwrap(args)
         result = func(*args, **_unwrap(kwargs))
         if func.__name__ in JOINS and "out" not in kwargs:
@@ -99,6 +140,7 @@ class DeviceArray:
         return _wrap(result)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _note(f"{ufunc.__name__}.{method}", inputs, kwargs)
         tally["kernels"] += 1
         out = kwargs.get("out")
         result = getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs))
@@ -111,6 +153,7 @@ class DeviceArray:
 
     # -- explicit transfers, and Python scalars as CuPy allows them -------------------------
     def get(self):
+        _note("get", self)
         tally["host copies"] += 1
         return self.array.copy()
 
@@ -169,6 +212,7 @@ class DeviceArray:
             return attribute
 
         def method(*args, **kwargs):
+            _note(name, self, args, kwargs)
             args = _unwrap(args)
             result = attribute(*args, **_unwrap(kwargs))
             _count(name, result, (self.array, args), kwargs)
@@ -176,6 +220,7 @@ class DeviceArray:
         return method
 
     def __getitem__(self, key):
+        _note("getitem", self, key)
         indices = [k for k in (key if isinstance(key, tuple) else (key,)) if isinstance(k, DeviceArray)]
         tally["kernels"] += bool(indices)                     # a gather; basic indexing gives a view
         tally["host copies"] += any(k.dtype == bool for k in indices)   # a mask selects as many as are true
@@ -186,12 +231,14 @@ class DeviceArray:
         return DeviceArray(item)
 
     def __setitem__(self, key, value):
+        _note("setitem", self, key, value)
         tally["kernels"] += 1
         self.array[_unwrap(key)] = _unwrap(value)
 
 
 def _operator(name):
     def method(self, *others):
+        _note(name, self, others)
         tally["kernels"] += 1
         return _wrap(getattr(operator, name)(self.array, *_unwrap(others)))
     return method
@@ -199,6 +246,7 @@ def _operator(name):
 
 def _reflected(name):
     def method(self, other):
+        _note(f"r{name}", self, other)
         tally["kernels"] += 1
         return _wrap(getattr(operator, name)(_unwrap(other), self.array))
     return method
@@ -206,6 +254,7 @@ def _reflected(name):
 
 def _in_place(name):
     def method(self, other):
+        _note(name, self, other)
         tally["kernels"] += 1
         getattr(operator, name)(self.array, _unwrap(other))   # numpy's in-place operators write in place
         return self
@@ -234,10 +283,9 @@ class StrictBackend(backend.Backend):
             return array
         if not isinstance(array, (np.ndarray, numbers.Number)):
             raise TypeError(f"to_device takes numpy arrays, got {type(array).__name__}")
+        _note("to device", array)
+        tally["to device"] += 1
         return DeviceArray(np.array(array))
-
-    def random(self, rng):
-        return backend.HostRandom(rng, self.to_device)
 
     def describe(self):
         return "a strict stand-in for a GPU (numpy arrays that refuse to mix with host arrays)"

@@ -2,11 +2,13 @@
 
 Every task runs through main.py with --device gpu and CuPy's backend replaced by the stand-in,
 whose arrays refuse to mix with host arrays: a host array reaching a layer, the optimizer or a
-loss fails these tests. Since the stand-in computes with numpy and random numbers are drawn on
-the host, a stand-in run must give exactly the weights a CPU run gives. The same tests run
+loss fails these tests. Since the stand-in computes with numpy, a stand-in run must give
+exactly the weights a CPU run gives where both draw the same random numbers (the shuffle; the
+device draws its own dropout masks and augmentation). The same tests run
 on a real GPU where CuPy finds one (test_real_gpu_*), and skip with the reason elsewhere.
 """
 import contextlib
+import copy
 import json
 import sys
 
@@ -53,9 +55,13 @@ def stand_in(monkeypatch):
 def test_every_task_runs_on_the_stand_in_and_training_matches_the_cpu(tmp_path, mnist_data_dir, stand_in,
                                                                       capsys):
     # one thread: the stand-in runs the same numpy operations, so only the CPU's batch split
-    # (parallel.py, which adds sums over the batch in another order) would tell them apart
-    cpu = write_config(tmp_path, mnist_data_dir, "cpu", threads=1)
-    gpu = write_config(tmp_path, mnist_data_dir, "gpu")
+    # (parallel.py, which adds sums over the batch in another order) would tell them apart; and
+    # no random numbers but the shuffle, which the host draws for both: the device draws its
+    # dropout masks and augmentation maps from its own generator (backend.DeviceRandom)
+    same_draws = {"augment": None, "network": [dict(spec, p=0.0) if spec["class"] == "Dropout" else spec
+                                               for spec in CONV_NET]}
+    cpu = write_config(tmp_path, mnist_data_dir, "cpu", threads=1, **same_draws)
+    gpu = write_config(tmp_path, mnist_data_dir, "gpu", **same_draws)
     assert main([cpu]) == 0
     assert main([gpu, "--device", "gpu"]) == 0
     a, b = saved_arrays(tmp_path / "cpu.pkl"), saved_arrays(tmp_path / "gpu.pkl")
@@ -123,9 +129,9 @@ def test_a_batch_copies_nothing_to_the_host(tmp_path, mnist_data_dir, stand_in, 
         reads.append(len(self.pending))
         read(self)
 
-    train_step, read, reads = engine.train_step, engine.BatchLosses.read, []
+    train_step, read, reads = engine.train_step, engine.BatchResults.read, []
     monkeypatch.setattr(engine, "train_step", counted_step)
-    monkeypatch.setattr(engine.BatchLosses, "read", counted_read)
+    monkeypatch.setattr(engine.BatchResults, "read", counted_read)
     assert main([write_config(tmp_path, mnist_data_dir, num_epochs=1), "--device", "gpu"]) == 0
     assert in_step == [0] * 12                                       # 600 images in batches of 50
     assert [b - a for a, b in zip(at_start, at_start[1:])] == [0] * 11   # from one batch's step to the next
@@ -234,3 +240,80 @@ def test_output_shapes_of_a_model_on_the_device():
     model = build_model(CONV_NET).map_arrays(StrictBackend().to_device)
     assert model.output_shapes((784,))[-1] == (10,)             # the zero probe is made on the device too
     assert build_model([{"class": "Flatten"}]).output_shapes((1, 28, 28)) == [(784,)]     # no parameters: numpy
+
+
+def test_the_device_draws_its_random_numbers_itself():
+    """backend.DeviceRandom: no host copy and no host array per draw, the same numbers on every
+    device, a stream that goes on where a checkpoint's counter says, and sound distributions."""
+    from strict_device import tally
+    device, rng = StrictBackend(), np.random.default_rng(5)
+    random = device.random(rng)
+    tally.clear()
+    u = random.random((400, 250), dtype=np.float32)
+    shifts = random.integers(-2, 3, (2, 5000))
+    angles = random.uniform(-10, 10, 5000)
+    assert tally["host copies"] == 0 and device.draws(random) == 100000 + 10000 + 5000
+    u, shifts, angles = u.get(), shifts.get(), angles.get()
+    assert u.dtype == np.float32 and 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+    assert abs((u >= 0.3).mean() - 0.7) < 0.005                    # a Dropout mask keeps 1 - p
+    assert set(np.unique(shifts)) == {-2, -1, 0, 1, 2} and abs(np.bincount(shifts.ravel() + 2).std() / 2000) < 0.05
+    assert -10 <= angles.min() and angles.max() <= 10 and abs(angles.std() - 20 / np.sqrt(12)) < 0.1
+    on_the_cpu = backend.DeviceRandom(backend.device_key(np.random.default_rng(5)), np.array(0, np.uint64))
+    assert np.array_equal(on_the_cpu.random((400, 250), dtype=np.float32), u)      # pure array arithmetic
+    later = device.random(np.random.default_rng(5), draws=50)      # a resumed run's: 50 numbers into the stream
+    assert np.array_equal(later.random(100).get(), device.random(np.random.default_rng(5)).random(150).get()[50:])
+    assert backend.device_key(rng) == backend.device_key(np.random.default_rng(5))   # whatever rng has drawn
+    copied = copy.deepcopy(random)                                  # as watch.py copies the layers
+    assert np.array_equal(copied.random(10).get(), random.random(10).get())
+    other_seed = device.random(np.random.default_rng(6)).random(10).get()
+    assert not np.array_equal(other_seed, device.random(np.random.default_rng(5)).random(10).get())
+
+
+def test_every_batch_asks_the_device_the_same_operations(tmp_path, mnist_data_dir, stand_in, monkeypatch):
+    """What replaying a step from a captured CUDA graph needs: from the gathered batch on
+    (augmentation, forward, loss, backward, clipping, Adam's update with weight decay, Dropout's
+    mask, BatchNorm's statistics, the running loss and accuracy), every full batch of the run
+    but the first (which creates the optimizer's state, as a warm-up step before a capture would)
+    gives the same trace of operations, with no host value that changes (the learning rate
+    halves each epoch here, Adam counts its steps), no copy to the host and none to the device."""
+    from strict_device import tally, tracing
+    batches, parts = [], []
+
+    def traced(function, ends_batch=False):
+        def run(*args, **kwargs):
+            before = tally["host copies"], tally["to device"]
+            with tracing() as trace:
+                result = function(*args, **kwargs)
+            parts.append((trace, tally["host copies"] - before[0], tally["to device"] - before[1]))
+            if ends_batch:
+                batches.append(list(parts))
+                parts.clear()
+            return result
+        return run
+
+    monkeypatch.setattr(engine, "random_affine", traced(engine.random_affine))
+    monkeypatch.setattr(engine, "train_step", traced(engine.train_step))
+    monkeypatch.setattr(engine.BatchResults, "add", traced(engine.BatchResults.add, ends_batch=True))
+    config = write_config(tmp_path, mnist_data_dir, schedule="step", decay_rate=0.5)
+    assert main([config, "--device", "gpu"]) == 0
+    assert len(batches) == 24                                      # 600 images in batches of 50, 2 epochs
+    assert [len(batch) for batch in batches] == [3] * 24           # augmentation, the step, the count
+    assert all(copies == 0 and sent == 0 for batch in batches for _, copies, sent in batch)
+    second = [trace for trace, _, _ in batches[1]]     # the first step also creates Adam's m and v
+    assert len(second[1]) > 150
+    assert all([trace for trace, _, _ in batch] == second for batch in batches[2:])
+    history = json.load(open(tmp_path / "config.history.json"))
+    assert [record["lr"] for record in history] == [0.0025, 0.00125]   # the rate did change
+
+
+def test_a_trace_tells_host_values_apart_and_not_array_values():
+    from strict_device import tracing
+    device = StrictBackend()
+    a, b = device.to_device(np.zeros(3)), device.to_device(np.ones(3))
+    with tracing() as one:
+        a * 0.5
+    with tracing() as other_array:
+        b * 0.5
+    with tracing() as other_number:
+        a * 0.25
+    assert one == other_array and one != other_number

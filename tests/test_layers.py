@@ -230,7 +230,8 @@ def test_packing_the_parameters_changes_no_number(optimizer, decay_biases, devic
                {"class": "Linear", "n_in": 32, "n_out": 3}]
     loss = get_module("SoftmaxCrossEntropyLoss")()
     models = [build_model(network, rng=np.random.default_rng(0)).map_arrays(device.to_device) for _ in range(2)]
-    optimizers = [OPTIMIZERS[optimizer](lr=0.1, weight_decay=0.01, decay_biases=decay_biases) for _ in models]
+    optimizers = [device.place_optimizer(OPTIMIZERS[optimizer](lr=0.1, weight_decay=0.01, decay_biases=decay_biases))
+                  for _ in models]
     models[1].pack(optimizers[1].pack_group)
     sizes = {key: array.size for key, array in models[1].packed_params.items()}
     assert sizes == ({"all": 18 + 2 + 2 + 2 + 96 + 3} if decay_biases else

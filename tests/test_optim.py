@@ -9,9 +9,10 @@ from backend import to_numpy
 from optim import OPTIMIZERS, SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp, clip_grad_norm, learning_rate
 
 
-def two_steps(optimizer, p0=1.0, g=0.5, to_device=np.asarray):
-    params = {"w": to_device(np.array([p0]))}
-    grads = {"w": to_device(np.array([g]))}
+def two_steps(optimizer, device):
+    device.place_optimizer(optimizer)
+    params = {"w": device.to_device(np.array([1.0]))}
+    grads = {"w": device.to_device(np.array([0.5]))}
     array = params["w"]
     seen = []
     for _ in range(2):
@@ -35,7 +36,7 @@ def two_steps(optimizer, p0=1.0, g=0.5, to_device=np.asarray):
     (RMSProp(lr=0.1), [1 - 0.05 / np.sqrt(0.025), 1 - 0.05 / np.sqrt(0.025) - 0.05 / np.sqrt(0.0475)]),
 ])
 def test_two_steps(optimizer, expected, device):
-    assert two_steps(copy.deepcopy(optimizer), to_device=device.to_device) == pytest.approx(expected)
+    assert two_steps(copy.deepcopy(optimizer), device) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -120,3 +121,27 @@ def test_adaptive_hyperparameters_are_checked(cls, arguments, message):
 ])
 def test_schedules(kwargs, expected):
     assert [learning_rate(e, 1.0, **kwargs) for e in range(1, 6)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_float32_steps_are_those_of_python_scalars():
+    """The rate and Adam's step count are 0-d arrays, so that a step takes no changing value from
+    the host; a float32 run still gets, bit for bit, the steps written with Python floats."""
+    rng = np.random.default_rng(0)
+    grads = [rng.normal(size=50).astype(np.float32) for _ in range(200)]
+    lr, beta1, beta2, eps, decay = 0.01, 0.9, 0.999, 1e-8, 0.05
+    for decoupled in (False, True):
+        p, m, v = np.ones(50, np.float32), np.zeros(50, np.float32), np.zeros(50, np.float32)
+        ours, optimizer = {"w": p.copy()}, (AdamW if decoupled else Adam)(lr=lr, weight_decay=decay)
+        for t, g in enumerate(grads, start=1):
+            optimizer.set_lr(lr / t)                                    # a new rate every step
+            optimizer.step(ours, {"w": g})
+            rate = lr / t
+            if decoupled:
+                p *= 1 - rate * decay
+            else:
+                g = g + decay * p
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            p -= rate * (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+            assert np.array_equal(ours["w"], p), (decoupled, t)
+    assert optimizer.t.ndim == 0 and int(optimizer.t) == len(grads)

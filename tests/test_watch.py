@@ -168,11 +168,11 @@ def test_a_record_costs_one_copy_to_the_host(stand_in):
     network = json.load(open(os.path.join(ROOT, "configs", "cnn.json")))["network"]
     model, loss = build_trainable(network, "SoftmaxCrossEntropyLoss", np.float32, np.random.default_rng(0))
     device = StrictBackend()
-    device.place(model, np.random.default_rng(2), 1).pack()
+    device.place(model, device.random(np.random.default_rng(2)), 1).pack()
     rng = np.random.default_rng(1)
     x, y = device.to_device(rng.random((8, 784), dtype=np.float32)), device.to_device(rng.integers(0, 10, 8))
     watcher = watch.Watcher(model, 1, 1, [])
-    optimizer = OPTIMIZERS["momentum"](lr=0.05)
+    optimizer = device.place_optimizer(OPTIMIZERS["momentum"](lr=0.05))
     tally.clear()
     look = watcher.look(loss, x, y)
     value, _ = train_step(model, loss, optimizer, x, y)
