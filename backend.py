@@ -56,7 +56,7 @@ class Backend:
         return DeviceRandom(device_key(rng), self.to_device(np.array(draws, np.uint64)))
 
     def draws(self, random):
-        """How many numbers `random` (made by `random`) has drawn, for a checkpoint: 0 on the CPU,
+        """How many numbers `random` (made by Backend.random) has drawn, for a checkpoint: 0 on the CPU,
         where the checkpoint saves the generator itself."""
         return 0 if self.name == "cpu" else int(random.counter)
 
@@ -72,7 +72,7 @@ class Backend:
 
     def place(self, model, random, threads):
         """`model` with its arrays on this device, its random layers (Dropout) drawing from
-        `random` (made by `random`), and on the CPU each batch shared by
+        `random` (made by Backend.random), and on the CPU each batch shared by
         `batch_threads(model, threads)` threads."""
         model.map_arrays(self.to_device)
         for layer in model.layers:
@@ -125,8 +125,9 @@ class DeviceRandom:
     would draw next.
 
     It offers the Generator methods a layer or the augmentation may use (`random`, `uniform`,
-    `normal`, `integers`), with the same arguments, so they call it as they call `rng`; the
-    numbers are others than the host generator's, and the same on every device.
+    `normal`, `integers`), with the same arguments, so they call it as they call `rng`; they
+    return arrays (0-d without a size), in float32 or float64 only. The numbers are others than
+    the host generator's, and the same arithmetic on every device.
     """
 
     def __init__(self, key, counter):
@@ -145,6 +146,8 @@ class DeviceRandom:
         """Uniform in [0, 1): the top 24 bits (float32) or 53 bits (float64), which the dtype holds exactly."""
         shape = () if size is None else size
         n, dtype = int(np.prod(shape)), np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"DeviceRandom.random: float32 or float64, not {dtype}")
         kept = 24 if dtype == np.float32 else 53
         words = self.bits(n) >> np.uint64(64 - kept)
         return (words.astype(dtype) * dtype.type(2.0 ** -kept)).reshape(shape)

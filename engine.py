@@ -90,7 +90,7 @@ class BatchResults:
     brings the count of right answers over.
 
     Shape:
-        losses (batches,) float64, count () int, correct () int64; `like` is a batch's array.
+        losses (batches,) float64, count () intp, correct () int64; `like` is a batch's array.
     """
 
     def __init__(self, progress, log, model_file, batches, like, board=None):
@@ -155,7 +155,7 @@ def new_progress():
                        since it improved, and whether early stopping ended training;
     history:           one record per finished epoch (see `Engine.train`);
     first_loss, warned_exploding: the run's first batch loss, and whether a loss past EXPLODING
-                       times it was reported (see `BatchLosses.warn_if_exploding`);
+                       times it was reported (see `BatchResults.warn_if_exploding`);
     watch:             the watch records so far (watch.py), with "watch" in the config;
     draws:             the numbers a device's generator has drawn (backend.DeviceRandom; 0 on the
                        CPU, whose generator the checkpoint saves whole).

@@ -15,7 +15,7 @@ epoch's rate into the same array, and `t += 1` counts on the device. So a step a
 nothing and takes no value from it that changes between steps, as a step replayed from a
 captured CUDA graph must. The scalars are worked out in float64, as Python's floats are, and
 applied in the parameters' dtype (`scalar`), as numpy applies a Python float: a float32 run
-gets the numbers it got when they were Python floats.
+gets the numbers that Python floats give.
 
 Optimizers are looked up by lower-case class name: config `{"name": "adam", "beta1": 0.9}`
 builds `Adam(lr=..., beta1=0.9)`.
@@ -49,7 +49,7 @@ def check_number(name, value, low, high, low_open=False, high_open=False):
 
 
 def scalar(value, p):
-    """A float64 0-d array (or number) in p's dtype, for multiplying p or its gradient."""
+    """A float64 0-d array (or numpy scalar) in p's dtype, for multiplying p or its gradient."""
     return value.astype(p.dtype, copy=False)
 
 
