@@ -29,6 +29,7 @@ CONV_NET = [{"class": "Reshape", "shape": [1, 28, 28]},
             {"class": "BatchNorm", "num_features": 4}, {"class": "ReLU"}, {"class": "MaxPool2D", "kernel_size": 2},
             {"class": "Flatten"}, {"class": "Linear", "n_in": 784, "n_out": 16}, {"class": "ReLU"},
             {"class": "Dropout", "p": 0.3}, {"class": "Linear", "n_in": 16, "n_out": 10}, {"class": "Softmax"}]
+NO_MASKS = [dict(spec, p=0.0) if spec["class"] == "Dropout" else spec for spec in CONV_NET]   # draws nothing
 
 
 def write_config(tmp_path, mnist_data_dir, name="config", **keys):
@@ -58,8 +59,7 @@ def test_every_task_runs_on_the_stand_in_and_training_matches_the_cpu(tmp_path, 
     # (parallel.py, which adds sums over the batch in another order) would tell them apart; and
     # no random numbers but the shuffle, which the host draws for both: the device draws its
     # dropout masks and augmentation maps from its own generator (backend.DeviceRandom)
-    same_draws = {"augment": None, "network": [dict(spec, p=0.0) if spec["class"] == "Dropout" else spec
-                                               for spec in CONV_NET]}
+    same_draws = {"augment": None, "network": NO_MASKS}
     cpu = write_config(tmp_path, mnist_data_dir, "cpu", threads=1, **same_draws)
     gpu = write_config(tmp_path, mnist_data_dir, "gpu", **same_draws)
     assert main([cpu]) == 0
@@ -226,7 +226,7 @@ def test_out_of_gpu_memory_is_one_error_line_and_keeps_the_model(tmp_path, mnist
 def test_real_gpu_trains_like_the_cpu(tmp_path, mnist_data_dir, capsys):
     gpu_or_skip()
     plain = {"optimizer": {"name": "sgd"}, "augment": None, "num_epochs": 1, "lr": 0.01,   # no amplifier of rounding
-             "network": [dict(spec, p=0.0) if spec["class"] == "Dropout" else spec for spec in CONV_NET]}  # nor masks
+             "network": NO_MASKS}                                                           # nor masks
     cpu, gpu = (write_config(tmp_path, mnist_data_dir, name, **plain) for name in ("cpu", "gpu"))
     assert main([cpu]) == 0 and main([gpu, "--device", "gpu"]) == 0
     a, b = saved_arrays(tmp_path / "cpu.pkl"), saved_arrays(tmp_path / "gpu.pkl")
